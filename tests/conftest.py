@@ -1,0 +1,1 @@
+"""Shared fixtures: a controller process on a free loopback port."""

@@ -1,0 +1,26 @@
+"""The ``tungsten`` command tree."""
+
+from __future__ import annotations
+
+import click
+
+from tungsten import __version__
+from tungsten.cli.controller import controller
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tungsten")
+def cli() -> None:
+    """Tungsten: the Tungsten Fabric SDN on a stock Linux kernel."""
+
+
+cli.add_command(controller)
+
+
+def main() -> None:
+    cli()
+
+
+def contrail_api() -> None:
+    """``contrail-api``: the name TF operators know for the config API server."""
+    controller(prog_name="contrail-api")
