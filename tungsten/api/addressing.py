@@ -292,7 +292,7 @@ def _pool_scope(ws: WriteSet, obj: Obj, pool_type: str) -> tuple[Obj, list[dict[
     if parent is None:
         raise bad_request(f"Bad Request: the {pool_type} of {obj.fq_name} does not exist")
     if parent.type == "instance-ip":
-        scope, subnets, vn = iip_scope(ws, parent)
+        _scope, subnets, vn = iip_scope(ws, parent)
         if vn is None:
             raise bad_request("Bad Request: the instance-ip parent has no network")
         return vn, subnets

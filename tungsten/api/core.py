@@ -22,7 +22,9 @@ from tungsten.model.schema import CONFIG_ROOT, ResourceType, Schema, load_schema
 from tungsten.model.validate import ValidationError, check_complex, check_field
 from tungsten.store import ConfigStore
 
-META_KEYS = frozenset({"uuid", "fq_name", "parent_type", "parent_uuid", "parent_href", "href", "name"})
+META_KEYS = frozenset(
+    {"uuid", "fq_name", "parent_type", "parent_uuid", "parent_href", "href", "name"}
+)
 _BAD_NAME = re.compile(r"[\x00-\x1f<>&\"]")
 
 

@@ -402,7 +402,7 @@ def _find_tag(ws: WriteSet, scope_obj: Obj, text: str) -> Obj:
     if name.startswith("global:"):
         candidates = [[name[len("global:"):]]]
     else:
-        candidates = [_project_of(scope_obj) + [name], [name]]
+        candidates = [[*_project_of(scope_obj), name], [name]]
     for fq in candidates:
         u = ws.lookup("tag", [fq[0], *fq[1:]]) if fq else None
         if u is not None:

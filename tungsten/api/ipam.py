@@ -25,10 +25,11 @@ class SubnetError(ValueError):
 def parse_subnet(subnet: dict[str, Any] | None) -> IPNetwork:
     if not subnet or subnet.get("ip_prefix") is None or subnet.get("ip_prefix_len") is None:
         raise SubnetError("subnet needs ip_prefix and ip_prefix_len")
+    text = f"{subnet['ip_prefix']}/{subnet['ip_prefix_len']}"
     try:
-        return ipaddress.ip_network(f"{subnet['ip_prefix']}/{subnet['ip_prefix_len']}", strict=True)
+        return ipaddress.ip_network(text, strict=True)
     except ValueError as e:
-        raise SubnetError(f"invalid subnet {subnet['ip_prefix']}/{subnet['ip_prefix_len']}: {e}") from e
+        raise SubnetError(f"invalid subnet {text}: {e}") from e
 
 
 def first_last(net: IPNetwork) -> tuple[int, int]:

@@ -119,7 +119,9 @@ def _equal(have: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict) and isinstance(have, dict):
         return all(k in have and _equal(have[k], v) for k, v in wanted.items())
     if isinstance(wanted, str) and not isinstance(have, str):
-        return str(have).lower() == wanted.lower() if isinstance(have, bool) else str(have) == wanted
+        if isinstance(have, bool):
+            return str(have).lower() == wanted.lower()
+        return str(have) == wanted
     return bool(have == wanted)
 
 

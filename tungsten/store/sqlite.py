@@ -13,7 +13,7 @@ import builtins
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tungsten.store.base import Change, Compacted, ConfigStore, StoreError, Txn
@@ -114,7 +114,8 @@ class SqliteStore(ConfigStore):
                     if puts:
                         db.executemany(
                             "INSERT INTO kv (key, value, rev) VALUES (?, ?, ?) "
-                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, rev = excluded.rev",
+                            "ON CONFLICT(key) DO UPDATE SET "
+                            "value = excluded.value, rev = excluded.rev",
                             puts,
                         )
                     if dels:
@@ -156,10 +157,8 @@ class SqliteStore(ConfigStore):
         if self._commit_event is None:
             self._commit_event = asyncio.Event()
         self._commit_event.clear()
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self._commit_event.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def close(self) -> None:
         with self._lock:
