@@ -486,54 +486,61 @@ class ConfigApi:
 
     def _delete(self, ws: WriteSet, rt: ResourceType, obj: Obj, ctx: RequestCtx,
                 cascade: bool = False) -> None:
+        """Delete ``obj`` with its derived and default children, in one write set.  Refs from
+        outside that subtree block the delete, unless relaxed or derived (those are dropped)."""
         if not cascade:
             hooks.pre_delete(self, ws, rt, obj, ctx)
-        blocking_children = []
-        cascaded = []
-        for c in ws.children_of(obj.uuid):
-            child_spec = rt.children.get(c.type.replace("-", "_") + "s")
-            if c.derived or (child_spec is not None and child_spec.derived) or \
-                    c.fq_name[-1] in (f"default-{c.type}", "draft-policy-management"):
-                cascaded.append(c)
-            else:
-                blocking_children.append(c)
-        if blocking_children:
-            hrefs = [ctx.href(c.type, c.uuid) for c in blocking_children]
-            raise conflict(f"Delete when children still present: {hrefs}")
-        cascade_uuids = {c.uuid for c in cascaded}
-        blocking_refs = []
-        relaxed_holders = []
-        for r in ws.referrers_of(obj.uuid):
-            if r.uuid in cascade_uuids or r.uuid == obj.uuid:
-                continue
-            rrt = self.schema.resource(r.type)
-            fields = [f for f, t in r.ref_uuids() if t == obj.uuid]
-            derived_ref = rrt is not None and all(
-                rrt.refs[f].derived for f in fields if f in rrt.refs
-            )
-            if obj.uuid in r.relaxed or derived_ref or r.derived:
-                relaxed_holders.append(r)
-            else:
-                blocking_refs.append(r)
+        subtree = self._subtree(ws, rt, obj, ctx)
+        dying = {o.uuid for o in subtree}
+        blocking_refs: list[Obj] = []
+        relaxed: dict[str, set[str]] = {}  # holder uuid -> targets to drop
+        for target in subtree:
+            for r in ws.referrers_of(target.uuid):
+                if r.uuid in dying:
+                    continue
+                rrt = self.schema.resource(r.type)
+                fields = [f for f, t in r.ref_uuids() if t == target.uuid]
+                derived_ref = rrt is not None and all(
+                    rrt.refs[f].derived for f in fields if f in rrt.refs
+                )
+                if target.uuid in r.relaxed or derived_ref or r.derived:
+                    relaxed.setdefault(r.uuid, set()).add(target.uuid)
+                elif r not in blocking_refs:
+                    blocking_refs.append(r)
         if blocking_refs:
             hrefs = [ctx.href(r.type, r.uuid) for r in blocking_refs]
             raise conflict(f"Delete when resource still referred: {hrefs}")
-        for c in cascaded:
-            crt = self.rtype(c.type)
-            self._delete(ws, crt, c, ctx, cascade=True)
-        for r in relaxed_holders:
-            holder = ws.get(r.uuid)
+        for holder_uuid, targets in relaxed.items():
+            holder = ws.get(holder_uuid)
             if holder is None:
                 continue
             holder = holder.copy()
             for f in list(holder.refs):
-                holder.refs[f] = [x for x in holder.refs[f] if x["uuid"] != obj.uuid]
+                holder.refs[f] = [x for x in holder.refs[f] if x["uuid"] not in targets]
                 if not holder.refs[f]:
                     del holder.refs[f]
-            holder.relaxed = [x for x in holder.relaxed if x != obj.uuid]
+            holder.relaxed = [x for x in holder.relaxed if x not in targets]
             ws.put(holder)
-        ws.delete(obj)
-        hooks.post_delete(self, ws, rt, obj, ctx)
+        for o in reversed(subtree):  # children before parents
+            ws.delete(o)
+            hooks.post_delete(self, ws, self.rtype(o.type), o, ctx)
+
+    def _subtree(self, ws: WriteSet, rt: ResourceType, obj: Obj, ctx: RequestCtx) -> list[Obj]:
+        """``obj`` and its derived/default descendants (parents first); 409 when a child that
+        the user created is still there."""
+        out = [obj]
+        blocking = []
+        for c in ws.children_of(obj.uuid):
+            spec = rt.children.get(c.type.replace("-", "_") + "s")
+            if c.derived or (spec is not None and spec.derived) or \
+                    c.fq_name[-1] in (f"default-{c.type}", "draft-policy-management"):
+                out.extend(self._subtree(ws, self.rtype(c.type), c, ctx))
+            else:
+                blocking.append(c)
+        if blocking:
+            hrefs = [ctx.href(c.type, c.uuid) for c in blocking]
+            raise conflict(f"Delete when children still present: {hrefs}")
+        return out
 
     # ------------------------------------------------------------------------------------------
     # refs

@@ -629,7 +629,7 @@ def ensure_defaults(api: ConfigApi) -> None:
             found = ws.get(u)
             assert found is not None
             return found
-        return api.create_child(ws, rtype, fq, parent, ctx, derived=True, **fields)
+        return api.create_child(ws, rtype, fq, parent, ctx, **fields)
 
     def boot(ws: WriteSet) -> None:
         gsc = ["default-global-system-config"]
