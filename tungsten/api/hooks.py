@@ -191,7 +191,14 @@ def _vmi_ri_ref(ws: WriteSet, obj: Obj) -> None:
     if vn is None:
         return
     ri_uuid = ws.lookup("routing-instance", [*vn.fq_name, vn.fq_name[-1]])
-    refs = [r for r in obj.refs.get("routing_instance_refs", []) if r.get("system") is not True]
+
+    def other_primary(ref: dict[str, Any]) -> bool:
+        ri = ws.get(ref["uuid"])
+        return ri is not None and ri.uuid != ri_uuid and bool(
+            ri.props.get("routing_instance_is_default"))
+
+    # a port moved to another network leaves its old network's primary instance
+    refs = [r for r in obj.refs.get("routing_instance_refs", []) if not other_primary(r)]
     if ri_uuid is not None and all(r["uuid"] != ri_uuid for r in refs):
         refs.append({"uuid": ri_uuid, "attr": {"direction": "both"}})
     if refs:
