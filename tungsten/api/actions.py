@@ -183,7 +183,7 @@ def _set_perms2(api: ConfigApi, obj: Obj, changes: dict[str, Any]) -> None:
         new = obj.copy()
         new.props["perms2"] = {**new.props.get("perms2", {}), **changes}
         if "global_access" in changes and new.type == "virtual-network":
-            new.props["is_shared"] = changes["global_access"] == 7
+            new.props["is_shared"] = changes["global_access"] != 0
         api.touch(new)
         ws.put(new)
 

@@ -7,6 +7,7 @@ all.  The dispatch functions at the bottom are what ``core`` calls.
 
 from __future__ import annotations
 
+import functools
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,18 +36,22 @@ SYSTEM_VNS = {
 PROTOCOL_IDS = {"any": 0, "icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "icmp6": 58, "sctp": 132}
 
 
-def alloc_id(ws: WriteSet, space: str, owner: str, lo: int, hi: int, start: int | None = None
-             ) -> int:
-    """The lowest free id of ``space`` in [lo, hi] (claims make it unique)."""
-    taken = ws.db.claims
-    n = start if start is not None else lo
+def alloc_id(ws: WriteSet, space: str, owner: str, lo: int, hi: int) -> int:
+    """The lowest free id of ``space`` in [lo, hi] (claims make it unique).  A per-space hint
+    (the lowest id that may be free) keeps allocation O(1) as spaces fill up."""
+    hints = ws.db.id_hints
+    n = max(lo, hints.get(space, lo))
     while n <= hi:
         key = f"{CLAIM}id/{space}/{n}"
-        if key not in taken and ws.claim_owner(key) is None:
+        if ws.claim_owner(key) is None:
             ws.claim(key, owner)
+            hints[space] = n + 1  # ids below are taken; a failed write only costs a rescan
             return n
         n += 1
-    raise ApiError(503, f"no free {space} id left in [{lo}, {hi}]")
+    if hints.get(space, lo) > lo:  # ids were freed below the hint: scan once from the bottom
+        hints[space] = lo
+        return alloc_id(ws, space, owner, lo, hi)
+    raise ApiError(409, f"no free {space} id left in [{lo}, {hi}]")
 
 
 def release_ids(ws: WriteSet, space: str, owner: str, *ids: Any) -> None:
@@ -56,6 +61,11 @@ def release_ids(ws: WriteSet, space: str, owner: str, *ids: Any) -> None:
         key = f"{CLAIM}id/{space}/{n}"
         if ws.claim_owner(key) == owner:
             ws.release(key)
+            ws.after_commit.append(functools.partial(_lower_hint, ws.db.id_hints, space, int(n)))
+
+
+def _lower_hint(hints: dict[str, int], space: str, n: int) -> None:
+    hints[space] = min(hints.get(space, n), n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +253,8 @@ def sg_pre_create(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
     _check_rules(obj.props.get("security_group_entries"), sg=True, ctx_name="security group")
     configured = obj.props.get("configured_security_group_id")
     if configured:
+        if not ws.claim(f"{CLAIM}id/sg/{configured}", obj.uuid):
+            raise conflict(f"Security group id {configured} is already in use")
         obj.props["security_group_id"] = configured
     else:
         obj.props["security_group_id"] = alloc_id(ws, "sg", obj.uuid, SG_ID_MIN, SG_ID_MAX)
@@ -365,7 +377,8 @@ def _fix_firewall_rule(api: ConfigApi, ws: WriteSet, obj: Obj, creating: bool) -
         obj.props["match_tag_types"] = {"tag_type": [1]}
     match = [e for _, e in obj.colls.get("match_tags", [])]
     if match:
-        names = [str(t) for m in match for t in (m.get("tag_list") or [])]
+        # match_tags is a list property wrapped as {"tag_list": [...]}: elements are names
+        names = [str(t) for t in match]
         if "label" in [n.lower() for n in names]:
             raise bad_request("Bad Request: label tags cannot be used to match")
         ids = []

@@ -35,10 +35,9 @@ def parse_subnet(subnet: dict[str, Any] | None) -> IPNetwork:
 def first_last(net: IPNetwork) -> tuple[int, int]:
     """The first and last usable addresses (as ints) of a subnet."""
     lo, hi = int(net.network_address), int(net.broadcast_address)
-    if net.version == 4 and net.prefixlen <= 30:
+    # TF reserves the all-ones address in IPv6 too, so its v6 gateway is last-1 (``::fffe``).
+    if net.prefixlen <= (30 if net.version == 4 else 126):
         return lo + 1, hi - 1
-    if net.version == 6 and net.prefixlen <= 126:
-        return lo + 1, hi
     return lo, hi
 
 

@@ -108,6 +108,7 @@ class ObjectDB:
         self.claims: dict[str, str] = {}
         self.kv: dict[str, str] = {}
         self.meta: dict[str, Any] = {}
+        self.id_hints: dict[str, int] = {}  # id space -> lowest id that may be free
         self._seq = itertools.count(1)
         self.load()
 

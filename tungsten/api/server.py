@@ -120,7 +120,7 @@ def build_app(api: ConfigApi, auth: AuthConfig | None = None) -> web.Application
         links: list[dict[str, Any]] = [
             {"link": {"rel": "root", "href": f"{root}/config-root", "name": "config-root",
                       "method": "GET"}},
-            {"link": {"rel": "documentation", "href": f"{root}/documentation/index.html",
+            {"link": {"rel": "documentation", "href": f"{root}/openapi.json",
                       "name": "documentation", "method": "GET"}},
         ]
         for rt in schema.types.values():

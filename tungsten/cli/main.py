@@ -6,6 +6,7 @@ import click
 
 from tungsten import __version__
 from tungsten.cli.controller import controller
+from tungsten.cli.store import store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +16,7 @@ def cli() -> None:
 
 
 cli.add_command(controller)
+cli.add_command(store)
 
 
 def main() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tungsten.model.schema import FieldSpec, ResourceType, Schema
+
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_INT_TEXT = re.compile(r"-?[0-9]+")
 
 
 class ValidationError(ValueError):
@@ -37,7 +41,7 @@ def _check_scalar_or_complex(schema: Schema, spec: FieldSpec, value: Any, path: 
     elif t in ("integer", "unsignedLong"):
         if isinstance(value, bool) or not isinstance(value, int):
             # TF's XSD checks accept integral strings too ("5"); so do we.
-            if isinstance(value, str) and value.lstrip("-").isdigit():
+            if isinstance(value, str) and _INT_TEXT.fullmatch(value):
                 value = int(value)
             else:
                 raise ValidationError(f"{path}: expected an integer, got {_kind(value)}")
