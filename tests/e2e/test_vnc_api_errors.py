@@ -353,3 +353,35 @@ def test_immutable_fields(vnc: Any) -> None:
         "fq_name": [*vn.fq_name, "extra"], "parent_type": "virtual-network",
         "routing_instance_is_default": True}}, timeout=10)
     assert_plain_text(r, 409)
+
+
+def test_type_hook_refusals(vnc: Any) -> None:
+    project = make_project(vnc)
+    vn = make_vn(vnc, project, "net", make_ipam(vnc, project), [(V4_NET, V4_LEN)])
+    port = make_port(vnc, project, "port", vn)
+    iip = make_iip(vnc, "iip-hooks", vn, port)
+    # a port still used by an instance-ip cannot go
+    with pytest.raises(RefsExistError) as e:
+        vnc.virtual_machine_interface_delete(id=port.uuid)
+    assert iip.uuid in str(e.value)
+    # sub-interface VLAN tags are 0-4094
+    bad = v.VirtualMachineInterface("sub", project, virtual_machine_interface_properties=(
+        v.VirtualMachineInterfacePropertiesType(sub_interface_vlan_tag=4095)))
+    bad.add_virtual_network(vn)
+    with pytest.raises(BadRequest):
+        vnc.virtual_machine_interface_create(bad)
+    # a VXLAN id can be used by one network only
+    make_vn(vnc, project, "vx1", virtual_network_properties=v.VirtualNetworkType(
+        vxlan_network_identifier=5001))
+    with pytest.raises(BadRequest):
+        make_vn(vnc, project, "vx2", virtual_network_properties=v.VirtualNetworkType(
+            vxlan_network_identifier=5001))
+    # only one global-system-config
+    with pytest.raises(BadRequest):
+        vnc.global_system_config_create(v.GlobalSystemConfig("second", autonomous_system=64513))
+    # tag_type_refs is the server's
+    tt = vnc.tag_type_read(fq_name=["application"])
+    tag = v.Tag(parent_obj=project, tag_type_name="application", tag_value="x")
+    tag.add_tag_type(tt)
+    with pytest.raises(BadRequest):
+        vnc.tag_create(tag)

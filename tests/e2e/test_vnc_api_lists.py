@@ -12,8 +12,8 @@ from vnc_api import vnc_api as v
 from vnc_api.vnc_api import OP_GET, OP_POST
 
 from tests.e2e.test_vnc_api_workflow import (
-    V4_NET,
     V4_LEN,
+    V4_NET,
     make_ipam,
     make_port,
     make_project,
@@ -184,6 +184,11 @@ def test_list_fields_and_detail(vnc: Any, two_tenants: dict[str, Any]) -> None:
     assert red.get_network_ipam_refs()[0]["attr"].ipam_subnets[0].default_gateway == (
         "192.0.2.254")
     assert red.get_fq_name() == t["red"].fq_name
+    r = requests.get(f"{raw(vnc)}/virtual-networks",
+                     params={"parent_id": t["a"].uuid, "detail": "True"}, timeout=10)
+    inner = r.json()["virtual-networks"][0]["virtual-network"]
+    assert inner["name"] == "red" and inner["href"].endswith(f"/virtual-network/{t['red'].uuid}")
+    assert "routing_instances" not in inner  # children only when asked for
     # detail with back-ref fields adds them
     objs = vnc.virtual_networks_list(parent_id=t["a"].uuid, detail=True,
                                      fields=["virtual_machine_interface_back_refs"])

@@ -8,6 +8,7 @@ shared with the other ``test_vnc_api_*`` modules.
 from __future__ import annotations
 
 import ipaddress
+import json
 import uuid as uuidlib
 from typing import Any
 
@@ -222,6 +223,20 @@ def test_floating_ips_come_from_the_pool_network_and_attach_to_ports(vnc: Any) -
     # a requested address already in use: 409
     with pytest.raises(RefsExistError):
         vnc.floating_ip_create(v.FloatingIp("fip3", pool, floating_ip_address="203.0.113.252"))
+    # a pool limited to some subnets of its network allocates only from them
+    # (set_ replaces the ref list in one PUT; the first subnet keeps its uuid)
+    old_uuid = ipam_subnets(public)[0].subnet_uuid
+    public.set_network_ipam(ipam, v.VnSubnetsType(
+        [subnet("203.0.113.0", 24), subnet("198.51.100.0", 24)]))
+    vnc.virtual_network_update(public)
+    first_subnet, second_subnet = ipam_subnets(vnc.virtual_network_read(id=public.uuid))
+    assert first_subnet.subnet_uuid == old_uuid
+    assert second_subnet.subnet.ip_prefix == "198.51.100.0"
+    limited = v.FloatingIpPool("limited", public, floating_ip_pool_subnets=(
+        v.FloatingIpPoolSubnetType([second_subnet.subnet_uuid])))
+    limited_fip = vnc.floating_ip_create(
+        v.FloatingIp("fip4", vnc.floating_ip_pool_read(id=vnc.floating_ip_pool_create(limited))))
+    assert vnc.floating_ip_read(id=limited_fip).get_floating_ip_address() == "198.51.100.252"
     # the port sees its floating ip as a back ref
     p = vnc.virtual_machine_interface_read(id=port.uuid, fields=["floating_ip_back_refs"])
     assert [r["uuid"] for r in p.get_floating_ip_back_refs()] == [fip_uuid]
@@ -447,7 +462,7 @@ def test_prop_list_methods_and_positions(vnc: Any) -> None:
                                                               ("udp", 53, "1")]
     vnc.prop_list_add_element(uuid, field, v.ProtocolType("tcp", 443))
     got = vnc.prop_list_get(uuid, field)
-    added = [p for e, p in got if e["port"] == 443][0]
+    added = next(p for e, p in got if e["port"] == 443)
     assert str(uuidlib.UUID(added)) == added  # an add without a position gets a uuid
     vnc.prop_list_modify_element(uuid, field, v.ProtocolType("udp", 5353), "1")
     assert vnc.prop_list_get(uuid, field, position="1")[0][0]["port"] == 5353
@@ -568,8 +583,6 @@ def test_virtual_network_ip_alloc_free_and_count(vnc: Any) -> None:
 
 
 def _json(text: Any) -> Any:
-    import json
-
     return json.loads(text) if isinstance(text, str | bytes) else text
 
 
@@ -635,3 +648,215 @@ def test_successes_are_200_with_tf_shapes(vnc: Any) -> None:
                  "list-bulk-collection", "chown", "chmod", "set-tag", "aaa-mode",
                  "virtual-network-ip-alloc"):
         assert links[name]["href"].startswith(r.json()["href"])
+
+
+def test_boot_time_defaults(vnc: Any) -> None:
+    gsc = vnc.global_system_config_read(fq_name=["default-global-system-config"])
+    assert gsc.get_autonomous_system() == 64512
+    vnc.global_vrouter_config_read(
+        fq_name=["default-global-system-config", "default-global-vrouter-config"])
+    dp = ["default-domain", "default-project"]
+    ipam = vnc.network_ipam_read(fq_name=[*dp, "default-network-ipam"])
+    assert ipam.get_perms2().global_access == 5
+    flat = vnc.network_ipam_read(fq_name=[*dp, "service-chain-flat-ipam"])
+    assert flat.get_ipam_subnet_method() == "flat-subnet"
+    for vn_name, ris in (("default-virtual-network", {"default-virtual-network"}),
+                         ("ip-fabric", {"ip-fabric", "__default__"}),
+                         ("__link_local__", {"__link_local__"}),
+                         ("dci-network", {"dci-network", "__default__"})):
+        vn = vnc.virtual_network_read(fq_name=[*dp, vn_name])
+        assert {r["to"][-1] for r in vn.get_routing_instances()} == ris, vn_name
+        primary = vnc.routing_instance_read(fq_name=[*dp, vn_name, vn_name])
+        assert primary.get_routing_instance_is_default() is True
+    assert vnc.virtual_network_read(fq_name=[*dp, "ip-fabric"]).get_is_provider_network()
+    no_rule = vnc.security_group_read(fq_name=[*dp, "__no_rule__"])
+    assert no_rule.get_perms2().global_access == 5
+    for i, name in enumerate(["label", "application", "tier", "deployment", "site",
+                              "neutron_fwaas", "neutron_tag"]):
+        tt = vnc.tag_type_read(fq_name=[name])
+        assert tt.get_tag_type_id() == f"0x{i:04x}"
+        assert tt.get_id_perms().user_visible is False
+    vnc.namespace_read(fq_name=["default-domain", "default-namespace"])
+    vnc.fabric_read(fq_name=["default-global-system-config", "default-fabric"])
+    # boot-time projects got no extra default children over REST semantics
+    fresh = make_project(vnc, "fresh")
+    assert vnc.virtual_networks_list(parent_id=fresh.uuid) == {"virtual-networks": []}
+    assert vnc.network_ipams_list(parent_id=fresh.uuid) == {"network-ipams": []}
+
+
+def test_action_endpoints_answer_200(vnc: Any) -> None:
+    base = raw(vnc)
+    project = make_project(vnc)
+    vn = make_vn(vnc, project, "net")
+    policy = vnc.network_policy_create(v.NetworkPolicy("p", project))
+    r = requests.post(f"{base}/ref-update", json={
+        "type": "virtual-network", "uuid": vn.uuid, "ref-type": "network-policy",
+        "ref-uuid": policy, "ref-fq-name": None, "operation": "ADD",
+        "attr": {"sequence": {"major": 0, "minor": 0}}}, timeout=10)
+    assert (r.status_code, r.json()) == (200, {"uuid": vn.uuid})
+    r = requests.post(f"{base}/ref-relax-for-delete",
+                      json={"uuid": vn.uuid, "ref-uuid": policy}, timeout=10)
+    assert (r.status_code, r.json()) == (200, {"uuid": vn.uuid})
+    r = requests.post(f"{base}/prop-collection-update", json={"uuid": vn.uuid, "updates": [
+        {"field": "annotations", "operation": "set", "value": {"key": "k", "value": "v"},
+         "position": "k"}]}, timeout=10)
+    assert (r.status_code, r.text) == (200, "")
+    r = requests.post(f"{base}/useragent-kv",
+                      json={"operation": "STORE", "key": "k", "value": "v"}, timeout=10)
+    assert (r.status_code, r.text) == (200, "")
+    r = requests.post(f"{base}/useragent-kv", json={"operation": "RETRIEVE", "key": "k"},
+                      timeout=10)
+    assert (r.status_code, r.json()) == (200, {"value": "v"})
+    r = requests.post(f"{base}/chown", json={"uuid": vn.uuid, "owner": project.uuid},
+                      timeout=10)
+    assert (r.status_code, r.json()) == (200, {})
+    r = requests.post(f"{base}/chmod", json={"uuid": vn.uuid, "global_access": 5}, timeout=10)
+    assert (r.status_code, r.json()) == (200, {})
+    r = requests.post(f"{base}/set-tag", json={"obj_type": "virtual_network",
+                                               "obj_uuid": vn.uuid, "application": None},
+                      timeout=10)
+    assert (r.status_code, r.json()) == (200, {})
+    r = requests.get(f"{base}/obj-perms", params={"uuid": vn.uuid}, timeout=10)
+    assert r.status_code == 200 and r.json()["permissions"] == "RWX"
+    r = requests.post(f"{base}/id-to-fqname", json={"uuid": vn.uuid}, timeout=10)
+    assert r.json() == {"fq_name": vn.fq_name, "type": "virtual-network"}
+    r = requests.post(f"{base}/fqname-to-id",
+                      json={"type": "virtual_network", "fq_name": vn.fq_name}, timeout=10)
+    assert r.json() == {"uuid": vn.uuid}
+
+
+def test_read_exclude_flags_count_by_presence(vnc: Any) -> None:
+    project = make_project(vnc)
+    vn = make_vn(vnc, project, "net")
+    make_port(vnc, project, "port", make_vn(vnc, project, "with-subnet",
+                                            make_ipam(vnc, project), [(V4_NET, V4_LEN)]))
+    url = f"{raw(vnc)}/virtual-network/{vn.uuid}"
+    full = requests.get(url, timeout=10).json()["virtual-network"]
+    assert "routing_instances" in full
+    # only the presence of the key counts, not its value
+    for value in ("False", "True", ""):
+        r = requests.get(url, params={"exclude_children": value}, timeout=10)
+        assert "routing_instances" not in r.json()["virtual-network"], value
+    proj_url = f"{raw(vnc)}/project/{project.uuid}"
+    assert "virtual_networks" in requests.get(proj_url, timeout=10).json()["project"]
+    body = requests.get(proj_url, params={"exclude_children": "False",
+                                          "exclude_back_refs": "False"}, timeout=10).json()
+    assert "virtual_networks" not in body["project"]
+    ipam = vnc.network_ipam_read(fq_name=[*project.fq_name, "ipam"])
+    ipam_url = f"{raw(vnc)}/network-ipam/{ipam.uuid}"
+    assert "virtual_network_back_refs" in requests.get(ipam_url, timeout=10).json()[
+        "network-ipam"]
+    body = requests.get(ipam_url, params={"exclude_back_refs": "false"}, timeout=10).json()
+    assert "virtual_network_back_refs" not in body["network-ipam"]
+
+
+def test_state_and_allocations_survive_a_restart(controller: Any) -> None:
+    def connect() -> Any:
+        return v.VncApi(api_server_host="127.0.0.1", api_server_port=controller.port,
+                        auth_type="noauth")
+
+    api = connect()
+    project = make_project(api)
+    vn = make_vn(api, project, "net", make_ipam(api, project), [(V4_NET, V4_LEN)])
+    first = make_iip(api, "iip-1", vn)
+    sg = api.security_group_read(id=api.security_group_create(v.SecurityGroup(
+        "sg", project, security_group_entries=v.PolicyEntriesType([]))))
+    api.kv_store("survives", "yes")
+    controller.restart()
+    api = connect()
+    assert api.virtual_network_read(id=vn.uuid).get_virtual_network_network_id() == (
+        vn.get_virtual_network_network_id())
+    assert api.instance_ip_read(id=first.uuid).get_instance_ip_address() == "192.0.2.252"
+    # allocation goes on where it was, without handing out a taken address or id
+    assert make_iip(api, "iip-2", vn).get_instance_ip_address() == "192.0.2.251"
+    with pytest.raises(RefsExistError):
+        make_iip(api, "iip-3", vn, instance_ip_address="192.0.2.252")
+    vn2 = make_vn(api, project, "net2")
+    assert vn2.get_virtual_network_network_id() != vn.get_virtual_network_network_id()
+    sg2 = api.security_group_read(id=api.security_group_create(v.SecurityGroup(
+        "sg2", project, security_group_entries=v.PolicyEntriesType([]))))
+    assert sg2.get_security_group_id() != sg.get_security_group_id()
+    assert api.kv_retrieve("survives") == "yes"
+    with pytest.raises(RefsExistError):
+        make_project(api)
+
+
+def test_logical_router_and_bgp_router_defaults(vnc: Any) -> None:
+    project = make_project(vnc)
+    snat = vnc.logical_router_read(id=vnc.logical_router_create(v.LogicalRouter("lr", project)))
+    assert snat.get_logical_router_type() == "snat-routing"
+    lr_uuid = vnc.logical_router_create(v.LogicalRouter(
+        "evpn", project, logical_router_type="vxlan-routing"))
+    lr = vnc.logical_router_read(id=lr_uuid)
+    refs = lr.get_virtual_network_refs()
+    assert len(refs) == 1
+    assert refs[0]["attr"].logical_router_virtual_network_type == "InternalVirtualNetwork"
+    assert refs[0]["to"] == [*project.fq_name, f"__contrail_lr_internal_vn_{lr_uuid}__"]
+    internal = vnc.virtual_network_read(id=refs[0]["uuid"])
+    assert internal.get_display_name() == "LR::evpn"
+    vnc.logical_router_delete(id=lr_uuid)
+    with pytest.raises(NoIdError):
+        vnc.virtual_network_read(id=internal.uuid)
+    ri = vnc.routing_instance_read(
+        fq_name=["default-domain", "default-project", "ip-fabric", "__default__"])
+    ctrl = vnc.bgp_router_read(id=vnc.bgp_router_create(v.BgpRouter(
+        "control-1", ri, bgp_router_parameters=v.BgpRouterParams(
+            vendor="contrail", address="192.0.2.11", identifier="192.0.2.11",
+            autonomous_system=64512))))
+    assert ctrl.get_bgp_router_parameters().router_type == "control-node"
+    peer = vnc.bgp_router_read(id=vnc.bgp_router_create(v.BgpRouter(
+        "mx-1", ri, bgp_router_parameters=v.BgpRouterParams(
+            vendor="juniper", address="192.0.2.1", identifier="192.0.2.1",
+            autonomous_system=64512))))
+    assert peer.get_bgp_router_parameters().router_type == "router"
+
+
+def test_client_default_parents(vnc: Any) -> None:
+    # no parent given: the client puts the object under default-domain:default-project
+    uuid = vnc.virtual_network_create(v.VirtualNetwork("orphan"))
+    got = vnc.virtual_network_read(id=uuid)
+    assert got.get_fq_name() == ["default-domain", "default-project", "orphan"]
+    assert got.parent_uuid == vnc.get_default_project_id()
+    # config-root children have a one-element fq_name and no parent
+    vm_uuid = vnc.virtual_machine_create(v.VirtualMachine("vm-1"))
+    vm = vnc.virtual_machine_read(id=vm_uuid)
+    assert vm.get_fq_name() == ["vm-1"]
+    r = requests.get(f"{raw(vnc)}/virtual-machine/{vm_uuid}", timeout=10).json()
+    assert "parent_type" not in r["virtual-machine"]
+    # a port under the virtual machine
+    vmi = v.VirtualMachineInterface("vm-1-eth0", vm)
+    vmi.add_virtual_network(got)
+    vmi_uuid = vnc.virtual_machine_interface_create(vmi)
+    assert vnc.virtual_machine_interface_read(id=vmi_uuid).get_fq_name() == [
+        "vm-1", "vm-1-eth0"]
+    children = vnc.virtual_machine_read(id=vm_uuid, fields=["virtual_machine_interfaces"])
+    assert [c["uuid"] for c in children.get_virtual_machine_interfaces()] == [vmi_uuid]
+
+
+def test_flat_subnet_ipam_is_one_address_space(vnc: Any) -> None:
+    """A flat-subnet ipam (as kube-manager uses for pods) is shared by every network that
+    refers to it: addresses are unique across them, and its gateway and DNS are reserved."""
+    project = make_project(vnc)
+    ipam_uuid = vnc.network_ipam_create(v.NetworkIpam(
+        "pods", project, ipam_subnet_method="flat-subnet",
+        ipam_subnets=v.IpamSubnets([subnet("198.18.0.0", 24)])))
+    ipam = vnc.network_ipam_read(id=ipam_uuid)
+    flat = ipam.get_ipam_subnets().subnets[0]
+    assert str(uuidlib.UUID(flat.subnet_uuid)) == flat.subnet_uuid
+    nets = []
+    for name in ("pods-a", "pods-b"):
+        vn = v.VirtualNetwork(name, project)
+        vn.add_network_ipam(ipam, v.VnSubnetsType([]))
+        nets.append(vnc.virtual_network_read(id=vnc.virtual_network_create(vn)))
+    # the network's ref attr gets a subnet_uuid of its own
+    attr = nets[0].get_network_ipam_refs()[0]["attr"]
+    assert len(attr.ipam_subnets) == 1 and attr.ipam_subnets[0].subnet_uuid
+    got = [make_iip(vnc, f"pod-{i}", nets[i % 2]).get_instance_ip_address() for i in range(3)]
+    assert got == ["198.18.0.252", "198.18.0.251", "198.18.0.250"]
+    # an instance-ip on the ipam itself draws from the same space
+    direct = v.InstanceIp("direct")
+    direct.add_network_ipam(ipam)
+    addr = vnc.instance_ip_read(id=vnc.instance_ip_create(direct)).get_instance_ip_address()
+    assert addr == "198.18.0.249"
+    with pytest.raises(RefsExistError):
+        make_iip(vnc, "pod-dup", nets[1], instance_ip_address="198.18.0.252")

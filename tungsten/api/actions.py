@@ -7,6 +7,8 @@ import re
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from tungsten.api.context import RequestCtx
 from tungsten.api.errors import bad_request, not_found
 from tungsten.api.hooks import MULTI_VALUE_TAG_TYPES
@@ -117,13 +119,19 @@ def useragent_kv(api: ConfigApi, body: Any) -> dict[str, Any] | None:
     if op == "STORE":
         if not isinstance(key, str):
             raise bad_request("Bad Request: key must be a string")
+        try:
+            orjson.dumps(body.get("value"))  # its parser takes deeper nesting than it writes
+        except orjson.JSONEncodeError as e:
+            raise bad_request(f"Bad Request: the value cannot be stored ({e})") from e
         api.write(lambda ws: ws.put_key(KV + key, body.get("value")))
         return None
     if op == "RETRIEVE":
         if key is None:
             return {"value": [{"key": k, "value": v} for k, v in kv.items()]}
         if isinstance(key, list):
-            return {"value": [kv[k] for k in key if k in kv]}
+            return {"value": [kv[k] for k in key if isinstance(k, str) and k in kv]}
+        if not isinstance(key, str):
+            raise bad_request("Bad Request: key must be a string, a list of strings or null")
         if key not in kv:
             raise not_found("Unknown User-Agent key")
         return {"value": kv[key]}

@@ -134,6 +134,18 @@ def fill_flat_subnets(ipam: Obj) -> None:
     for _, s in ipam.colls.get("ipam_subnets", []):
         if isinstance(s, dict) and not s.get("subnet_uuid"):
             s["subnet_uuid"] = str(uuidlib.uuid4())
+        if not isinstance(s, dict) or not s.get("subnet"):
+            continue
+        # TF reserves the gateway and DNS addresses of flat subnets too
+        try:
+            net = parse_subnet(s["subnet"])
+        except SubnetError:
+            continue  # e.g. the boot-time ::ffff/104, which has host bits set
+        from_start = bool(s.get("addr_from_start"))
+        if s.get("default_gateway") is None:
+            s["default_gateway"] = default_gateway(net, from_start)
+        if s.get("dns_server_address") is None:
+            s["dns_server_address"] = default_dns(net, from_start)
 
 
 def invalidate(api: ConfigApi, vn_uuid: str) -> None:
@@ -235,7 +247,14 @@ def iip_scope(ws: WriteSet, obj: Obj) -> tuple[str | None, list[dict[str, Any]],
         vn = ws.get(vn_refs[0]["uuid"])
         if vn is None:
             return None, [], None
-        return vn.uuid, [s for s, _ in vn_subnets(ws, vn)], vn
+        subnets = list(vn_subnets(ws, vn))
+        flat_ipams = {r["uuid"] for r in vn.refs.get("network_ipam_refs", [])
+                      if (i := ws.get(r["uuid"])) is not None
+                      and i.props.get("ipam_subnet_method") == "flat-subnet"}
+        if subnets and len(flat_ipams) == 1 and all(flat for _, flat in subnets):
+            # a flat ipam is one address space, shared by every network that uses it
+            return flat_ipams.pop(), [s for s, _ in subnets], vn
+        return vn.uuid, [s for s, _ in subnets], vn
     ipam_refs = obj.refs.get("network_ipam_refs")
     if ipam_refs:
         ipam = ws.get(ipam_refs[0]["uuid"])
@@ -343,6 +362,13 @@ def fip_pre_update(api: ConfigApi, ws: WriteSet, rt: ResourceType, old: Obj, new
                    data: dict[str, Any], ctx: RequestCtx) -> None:
     if new.props.get("floating_ip_address") != old.props.get("floating_ip_address"):
         raise bad_request("Bad Request: floating_ip_address cannot be changed")
+
+
+def aip_pre_update(api: ConfigApi, ws: WriteSet, rt: ResourceType, old: Obj, new: Obj,
+                   data: dict[str, Any], ctx: RequestCtx) -> None:
+    # the address is claimed at create: changing it would orphan the claim
+    if new.props.get("alias_ip_address") != old.props.get("alias_ip_address"):
+        raise bad_request("Bad Request: alias_ip_address cannot be changed")
 
 
 def _owned_address(obj: Obj) -> str | None:

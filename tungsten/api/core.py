@@ -206,7 +206,7 @@ class ConfigApi:
             try:
                 canonical = str(uuidlib.UUID(uuid))
             except ValueError:
-                canonical = ""
+                canonical = None  # never equal to a string, not even to ""
             if canonical != uuid:
                 raise bad_request(f"Invalid UUID format: {uuid}")
             if ws.get(uuid) is not None:

@@ -193,6 +193,8 @@ class _Checker:
             if not sep or not _is_address(addr):
                 self.report(f"ip claim {key} is malformed (claim/ip/<scope uuid>/<address>)")
                 continue
+            # An owned claim may outlive its scope (a network or flat ipam deleted through a
+            # relaxed ref): the owner still releases it when deleted.  A reservation may not.
             scope_obj = self.objs.get(scope)
             if owner == RESERVED_OWNER:
                 if scope_obj is None or scope_obj.type != "virtual-network":
@@ -209,9 +211,6 @@ class _Checker:
                 self.report(f"address {addr} of scope {scope} is claimed by "
                             f"{self.describe(holder)}, which cannot own an address")
                 continue
-            if scope_obj is None:
-                self.report(f"address {addr} of {self.describe(holder)} is claimed in scope "
-                            f"{scope}, which does not exist")
             if _canonical(holder.props.get(prop)) != addr:
                 self.report(f"address {addr} of scope {scope} is claimed by "
                             f"{self.describe(holder)}, whose address is "
@@ -228,13 +227,15 @@ class _Checker:
                             "by it")
 
     def _unallocated_iip(self, o: Obj) -> bool:
-        """An instance-ip of ip-fabric or link-local: its address is not allocated here."""
+        """An instance-ip whose address is not allocated here: in ip-fabric or link-local, or
+        left without a network (its relaxed ref went with the deleted network, and so did the
+        network's claims)."""
         if o.type != "instance-ip":
             return False
         for ref in o.refs.get("virtual_network_refs", [])[:1]:
             vn = self.objs.get(ref["uuid"])
             return vn is not None and vn.fq_name[-1] in NO_ALLOC_VNS
-        return False
+        return not o.refs.get("network_ipam_refs")
 
     # -- id claims ---------------------------------------------------------------------------
     def check_id_claims(self) -> None:
@@ -249,13 +250,15 @@ class _Checker:
             if holder is None:
                 self.report(f"{space} id {text} is claimed by {owner}, which does not exist")
                 continue
-            if (space, int(text)) not in set(_id_claims(holder)):
+            if (space, int(text)) not in {(sp, n) for sp, n, _ in _id_claims(holder)}:
                 self.report(f"{space} id {text} is claimed by {self.describe(holder)}, which "
                             "does not hold that id")
         for o in self.objs.values():
-            for space, n in _id_claims(o):
+            for space, n, required in _id_claims(o):
                 key = f"{ID}{space}/{n}"
                 id_owner = self.claims.get(key)
+                if id_owner is None and not required:
+                    continue
                 if id_owner is None:
                     self.report(f"{self.describe(o)} has {space} id {n} but no claim ({key})")
                 elif id_owner != o.uuid:
@@ -303,29 +306,30 @@ def _compare_maps(checker: _Checker, what: str, want: dict[str, set[str]],
             checker.report(f"the server's index has other {what} of {u} than the documents")
 
 
-def _id_claims(o: Obj) -> Iterable[tuple[str, int]]:
-    """The (space, id) claims an object must hold, as the API server allocates them."""
+def _id_claims(o: Obj) -> Iterable[tuple[str, int, bool]]:
+    """The (space, id, claim required) of every id an object holds: a claim of that id must
+    be the object's; one the server allocated must exist."""
     p = o.props
     if o.type == "virtual-network":
         n = _int(p.get("virtual_network_network_id"))
         if n is not None:
-            yield "vn", n
+            yield "vn", n, True
         vx = _int((p.get("virtual_network_properties") or {}).get("vxlan_network_identifier"))
         if vx is not None:
-            yield "vxlan", vx
+            yield "vxlan", vx, True
     elif o.type == "security-group":
-        # a configured id is the operator's choice and is not claimed
+        # an id equal to the configured one is the operator's choice: it may go unclaimed
         n = _int(p.get("security_group_id"))
-        if n is not None and not p.get("configured_security_group_id"):
-            yield "sg", n
+        if n is not None:
+            yield "sg", n, n != p.get("configured_security_group_id")
     elif o.type == "tag":
         tid = _hex(p.get("tag_id"))
         if tid is not None:
-            yield f"tag/{tid >> 16}", tid & 0xFFFF
+            yield f"tag/{tid >> 16}", tid & 0xFFFF, True
     elif o.type == "tag-type":
         ttid = _hex(p.get("tag_type_id"))
         if ttid is not None:
-            yield "tag-type", ttid
+            yield "tag-type", ttid, True
 
 
 def _int(v: Any) -> int | None:

@@ -341,6 +341,13 @@ def tag_type_pre_create(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj
     obj.props["tag_type_id"] = f"0x{n:04x}"
 
 
+def tag_type_pre_update(api: ConfigApi, ws: WriteSet, rt: ResourceType, old: Obj, new: Obj,
+                        data: dict[str, Any], ctx: RequestCtx) -> None:
+    # the id is claimed at create: changing it would orphan the claim
+    if "tag_type_id" in data and new.props.get("tag_type_id") != old.props.get("tag_type_id"):
+        raise bad_request("Bad Request: tag_type_id of a tag-type cannot be changed")
+
+
 def tag_type_post_delete(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
                          ctx: RequestCtx) -> None:
     release_ids(ws, "tag-type", obj.uuid, int(str(obj.props.get("tag_type_id", "0")), 16))
@@ -556,9 +563,11 @@ PRE_UPDATE: dict[str, PreUpdate] = {
     "virtual-machine-interface": vmi_pre_update,
     "instance-ip": addressing.iip_pre_update,
     "floating-ip": addressing.fip_pre_update,
+    "alias-ip": addressing.aip_pre_update,
     "security-group": sg_pre_update,
     "network-policy": np_pre_update,
     "tag": tag_pre_update,
+    "tag-type": tag_type_pre_update,
     "firewall-rule": fwr_pre_update,
     "network-ipam": ipam_pre_update,
 }

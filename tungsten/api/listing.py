@@ -79,7 +79,9 @@ def parse_query(params: dict[str, Any]) -> ListQuery:
     pfq = params.get("parent_fq_name_str")
     if pfq:
         q.parent_fq_name = str(pfq).split(":")
-    q.parent_type = params.get("parent_type") or None
+    # list-bulk-collection bodies carry any JSON here: only a string can name a type
+    ptype = params.get("parent_type")
+    q.parent_type = str(ptype).replace("_", "-") if ptype else None
     q.back_ref_ids = _csv(params.get("back_ref_id"))
     q.obj_uuids = _csv(params.get("obj_uuids"))
     fqns = _csv(params.get("fq_names"))
