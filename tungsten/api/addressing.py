@@ -47,12 +47,25 @@ def vn_subnets(ws: WriteSet, vn: Obj) -> Iterator[tuple[dict[str, Any], bool]]:
         ipam = ws.get(ref["uuid"])
         flat = ipam is not None and ipam.props.get("ipam_subnet_method") == "flat-subnet"
         if flat and ipam is not None:
-            for _, s in ipam.colls.get("ipam_subnets", []):
+            for s in flat_subnets(ipam):
                 yield s, True
             continue
         for s in subnets:
             if isinstance(s, dict) and s.get("subnet"):
                 yield s, False
+
+
+def flat_subnets(ipam: Obj) -> list[dict[str, Any]]:
+    """The subnets of a flat ipam that allocation can use.  Entries that are not strict
+    prefixes (the boot-time ``::ffff/104`` of service-chain-flat-ipam) only mark a range."""
+    out = []
+    for _, s in ipam.colls.get("ipam_subnets", []):
+        try:
+            parse_subnet(s.get("subnet"))
+        except SubnetError:
+            continue
+        out.append(s)
+    return out
 
 
 def fill_vn_subnets(api: ConfigApi, ws: WriteSet, vn: Obj, old: Obj | None) -> None:
@@ -259,7 +272,7 @@ def iip_scope(ws: WriteSet, obj: Obj) -> tuple[str | None, list[dict[str, Any]],
     if ipam_refs:
         ipam = ws.get(ipam_refs[0]["uuid"])
         if ipam is not None:
-            return ipam.uuid, [s for _, s in ipam.colls.get("ipam_subnets", [])], None
+            return ipam.uuid, flat_subnets(ipam), None
     return None, [], None
 
 

@@ -564,6 +564,10 @@ class ConfigApi:
         ref_fq = body.get("ref-fq-name")
         if not ref_uuid and not ref_fq:
             raise bad_request("Bad Request: ref-uuid or ref-fq-name is needed")
+        if ref_fq and not isinstance(ref_fq, list):
+            raise bad_request(f"Bad Request: ref-fq-name must be a list, got {ref_fq!r}")
+        if ref_uuid and not isinstance(ref_uuid, str):
+            raise bad_request(f"Bad Request: ref-uuid must be a string, got {ref_uuid!r}")
         uuid = str(body["uuid"])
         self.obj_of(rt, uuid)
 

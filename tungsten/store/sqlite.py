@@ -70,6 +70,7 @@ class SqliteStore(ConfigStore):
             raise StoreError(f"cannot open SQLite store {path}: {e}") from e
         self._rev = self._meta("revision")
         self._commit_event: asyncio.Event | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def _meta(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -147,15 +148,18 @@ class SqliteStore(ConfigStore):
             if revision < self._meta("compacted"):
                 raise Compacted(f"revision {revision} is compacted; re-read the store")
             rows = self._db.execute(
-                "SELECT rev, key, value FROM log WHERE rev > ? ORDER BY rev, rowid LIMIT ?",
-                (revision, limit),
+                # bounded by revisions, so one transaction's changes are never split
+                "SELECT rev, key, value FROM log WHERE rev > ? AND rev <= ? ORDER BY rev, rowid",
+                (revision, revision + limit),
             ).fetchall()
         return [Change(r, k, None if v is None else bytes(v)) for r, k, v in rows]
 
     async def _wait_for_commit(self, timeout: float) -> None:
         # Commits from this process wake watchers at once; other processes are polled.
-        if self._commit_event is None:
+        loop = asyncio.get_running_loop()
+        if self._commit_event is None or self._event_loop is not loop:
             self._commit_event = asyncio.Event()
+            self._event_loop = loop
         self._commit_event.clear()
         with suppress(TimeoutError):
             await asyncio.wait_for(self._commit_event.wait(), timeout)
