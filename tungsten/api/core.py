@@ -138,7 +138,9 @@ class ConfigApi:
                     by_key = {str(e.get(coll.key_name)): e for e in elems if isinstance(e, dict)}
                     obj.colls[name] = sorted([[k, e] for k, e in by_key.items()])
                 else:
-                    obj.colls[name] = [[str(i), e] for i, e in enumerate(elems)]
+                    # null elements hold nothing (prop-collection-update refuses them too)
+                    kept = [e for e in elems if e is not None]
+                    obj.colls[name] = [[str(i), e] for i, e in enumerate(kept)]
                 if not obj.colls[name]:
                     del obj.colls[name]
                 continue
