@@ -20,11 +20,12 @@ from tungsten.api.ipam import SubnetAllocator
 from tungsten.api.objdb import Obj, ObjectDB, WriteSet, fqn_claim
 from tungsten.model.schema import CONFIG_ROOT, ResourceType, Schema, load_schema
 from tungsten.model.validate import ValidationError, check_complex, check_field
-from tungsten.store import ConfigStore
+from tungsten.store import ConfigStore, Conflict
 
 META_KEYS = frozenset(
     {"uuid", "fq_name", "parent_type", "parent_uuid", "parent_href", "href", "name"}
 )
+WRITE_RETRIES = 20
 _BAD_NAME = re.compile(r"[\x00-\x1f<>&\"]")
 
 
@@ -43,7 +44,15 @@ class ConfigApi:
         self.db = ObjectDB(store)
         # (vn uuid, subnet uuid) -> allocator; rebuilt when the VN's subnets change
         self.allocators: dict[tuple[str, str], SubnetAllocator] = {}
+        self.db.listeners.append(self._on_change)
         hooks.ensure_defaults(self)
+
+    def _on_change(self, old: Obj | None, new: Obj | None) -> None:
+        # a network's subnets may have changed (here or in another writer): rebuild allocators
+        changed = new or old
+        if changed is not None and changed.type == "virtual-network":
+            for key in [k for k in self.allocators if k[0] == changed.uuid]:
+                del self.allocators[key]
 
     # ------------------------------------------------------------------------------------------
     # helpers
@@ -60,11 +69,18 @@ class ConfigApi:
         return obj
 
     def write(self, fn: Callable[[WriteSet], Any]) -> Any:
-        """Run ``fn`` on a fresh write set and commit it; nothing is applied on error."""
-        ws = self.db.begin()
-        result = fn(ws)
-        ws.commit()
-        return result
+        """Run ``fn`` on a fresh write set and commit it; nothing is applied on error.  When
+        another writer got there first, catch up and run ``fn`` again on the fresh index."""
+        for _ in range(WRITE_RETRIES):
+            self.db.catch_up()
+            ws = self.db.begin()
+            result = fn(ws)
+            try:
+                ws.commit()
+            except Conflict:
+                continue
+            return result
+        raise ApiError(503, "the config store is too busy (concurrent writers); retry")
 
     def resolve_ref(self, ws: WriteSet, target_type: str, ref: Any, verb: str) -> str:
         """The uuid a ref entry points at (by uuid when given, else by ``to``)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from tungsten.store import ConfigStore
+from tungsten.store import Compacted, ConfigStore
 
 OBJ = "obj/"
 CLAIM = "claim/"
@@ -109,11 +109,18 @@ class ObjectDB:
         self.kv: dict[str, str] = {}
         self.meta: dict[str, Any] = {}
         self.id_hints: dict[str, int] = {}  # id space -> lowest id that may be free
+        self.revision = 0  # the store revision this index reflects
+        # called as fn(old, new) for every object change (None: absent), ours or another
+        # writer's, after the index has it
+        self.listeners: list[Callable[[Obj | None, Obj | None], None]] = []
         self._seq = itertools.count(1)
         self.load()
 
     # -- loading -----------------------------------------------------------------------------
     def load(self) -> None:
+        # The revision is read first: changes committed while we read are applied again by
+        # catch_up(), which is harmless because applying a change is idempotent.
+        self.revision = self.store.revision
         objs = [Obj.from_json(v) for _, v in self.store.list(OBJ)]
         objs.sort(key=lambda o: o.seq)
         for o in objs:
@@ -129,6 +136,58 @@ class ObjectDB:
 
     def next_seq(self) -> int:
         return next(self._seq)
+
+    def reset(self) -> None:
+        for attr in ("objs", "by_type", "fqn", "children", "back", "claims", "kv", "meta"):
+            getattr(self, attr).clear()
+        self.load()
+
+    # -- following other writers -----------------------------------------------------------------
+    def catch_up(self) -> int:
+        """Apply what other writers (another controller, a transformer process) committed since
+        this index was last current; returns the number of changes applied."""
+        if self.store.revision == self.revision:
+            return 0
+        applied = 0
+        while True:
+            try:
+                batch = self.store.changes_since(self.revision)
+            except Compacted:
+                self.reset()
+                return -1
+            if not batch:
+                return applied
+            for change in batch:
+                self.apply(change.key, change.value)
+                self.revision = change.revision
+            applied += len(batch)
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Make the index hold ``key`` = ``value`` (None: deleted)."""
+        if key.startswith(OBJ):
+            uuid = key[len(OBJ) :]
+            old = self.objs.get(uuid)
+            new = Obj.from_json(value) if value is not None else None
+            if old is not None and new is not None:
+                self._reindex(old, new)
+            elif old is not None:
+                self._unindex(old)
+            elif new is not None:
+                self._index(new)
+            for fn in self.listeners:
+                fn(old, new)
+        elif key.startswith(CLAIM):
+            if value is None:
+                self.claims.pop(key, None)
+            else:
+                self.claims[key] = value.decode()
+        elif key.startswith(KV) or key.startswith(META):
+            target, name = (self.kv, key[len(KV) :]) if key.startswith(KV) else (
+                self.meta, key[len(META) :])
+            if value is None:
+                target.pop(name, None)
+            else:
+                target[name] = orjson.loads(value)
 
     # -- index maintenance ---------------------------------------------------------------------
     def _index(self, o: Obj) -> None:
@@ -257,26 +316,24 @@ class WriteSet:
 
     # -- commit --------------------------------------------------------------------------------
     def commit(self) -> None:
+        """Write everything in one store transaction, then index it.  Raises ``Conflict``
+        when another writer committed since the index was current (the caller retries)."""
         db = self.db
         if not (self.objs or self.claims or self.keys):
             return
-        with db.store.transaction() as txn:
-            for uuid, o in self.objs.items():
-                if o is None:
-                    txn.delete(OBJ + uuid)
-                else:
-                    txn.put(OBJ + uuid, o.to_json())
-            for k, owner in self.claims.items():
-                if owner is None:
-                    txn.delete(k)
-                else:
-                    txn.put(k, owner.encode())
-            for k, v in self.keys.items():
+        writes: dict[str, bytes | None] = {}
+        for uuid, o in self.objs.items():
+            writes[OBJ + uuid] = None if o is None else o.to_json()
+        for k, owner in self.claims.items():
+            writes[k] = None if owner is None else owner.encode()
+        writes.update(self.keys)
+        with db.store.transaction(expect_revision=db.revision) as txn:
+            for k, v in writes.items():
                 if v is None:
                     txn.delete(k)
                 else:
                     txn.put(k, v)
-        # The store has it: now the index.
+        # The store has it: now the index (objects are applied as the live copies).
         for uuid, o in self.objs.items():
             old = db.objs.get(uuid)
             if old is not None and o is not None:
@@ -285,16 +342,11 @@ class WriteSet:
                 db._unindex(old)
             elif o is not None:
                 db._index(o)
-        for k, owner in self.claims.items():
-            if owner is None:
-                db.claims.pop(k, None)
-            else:
-                db.claims[k] = owner
-        for k, v in self.keys.items():
-            target, name = (db.kv, k[len(KV) :]) if k.startswith(KV) else (db.meta, k[len(META) :])
-            if v is None:
-                target.pop(name, None)
-            else:
-                target[name] = orjson.loads(v)
+            for listener in db.listeners:
+                listener(old, o)
+        for k, v in writes.items():
+            if not k.startswith(OBJ):
+                db.apply(k, v)
+        db.revision = txn.revision
         for fn in self.after_commit:
             fn()

@@ -101,6 +101,8 @@ def build_app(api: ConfigApi, auth: AuthConfig | None = None) -> web.Application
                     raise ApiError(401, "Authentication required: send a token in X-Auth-Token")
                 if token not in auth.tokens:
                     raise ApiError(401, "Authentication failed: the token is not valid")
+            # another controller on the same store may have written: serve a current view
+            api.db.catch_up()
             return await handler(request)
         except ApiError as e:
             if e.status >= 500:

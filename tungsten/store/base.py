@@ -36,7 +36,10 @@ class Change:
 
 
 class Txn(abc.ABC):
-    """A write transaction.  Reads see the transaction's own writes."""
+    """A write transaction.  Reads see the transaction's own writes.  After a commit,
+    ``revision`` is the revision it was committed as (unchanged when it wrote nothing)."""
+
+    revision: int = 0
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes | None: ...
@@ -70,9 +73,11 @@ class ConfigStore(abc.ABC):
         """Every key under ``prefix`` with its value, in key order."""
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractContextManager[Txn]:
+    def transaction(self, expect_revision: int | None = None) -> AbstractContextManager[Txn]:
         """A transaction, committed atomically as one revision when the block exits
-        normally and rolled back when it raises."""
+        normally and rolled back when it raises.  With ``expect_revision``, it raises
+        ``Conflict`` on entry when another writer has committed since that revision (the
+        caller's view is stale: catch up and retry)."""
 
     @abc.abstractmethod
     def changes_since(self, revision: int, limit: int = 10000) -> builtins.list[Change]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from tungsten.store.base import Change, Compacted, ConfigStore, StoreError, Txn
+from tungsten.store.base import Change, Compacted, ConfigStore, Conflict, StoreError, Txn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, rev INTEGER NOT NULL);
@@ -98,7 +98,7 @@ class SqliteStore(ConfigStore):
             yield key, bytes(value)
 
     @contextmanager
-    def transaction(self) -> Iterator[Txn]:
+    def transaction(self, expect_revision: int | None = None) -> Iterator[Txn]:
         with self._lock:
             db = self._db
             try:
@@ -107,9 +107,14 @@ class SqliteStore(ConfigStore):
                 raise StoreError(f"store busy: {e}") from e
             txn = _SqliteTxn(db)
             try:
+                current = self._meta("revision")
+                txn.revision = current
+                if expect_revision is not None and current != expect_revision:
+                    raise Conflict(f"store is at revision {current}, not {expect_revision}")
                 yield txn
                 if txn.writes:
-                    rev = self._meta("revision") + 1
+                    rev = current + 1
+                    txn.revision = rev
                     puts = [(k, v, rev) for k, v in txn.writes.items() if v is not None]
                     dels = [(k,) for k, v in txn.writes.items() if v is None]
                     if puts:
