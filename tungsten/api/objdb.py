@@ -162,20 +162,22 @@ class ObjectDB:
                 self.revision = change.revision
             applied += len(batch)
 
+    def set_obj(self, uuid: str, new: Obj | None) -> None:
+        """Index ``new`` as the object ``uuid`` (None: it is gone) and tell the listeners."""
+        old = self.objs.get(uuid)
+        if old is not None and new is not None:
+            self._reindex(old, new)
+        elif old is not None:
+            self._unindex(old)
+        elif new is not None:
+            self._index(new)
+        for fn in self.listeners:
+            fn(old, new)
+
     def apply(self, key: str, value: bytes | None) -> None:
         """Make the index hold ``key`` = ``value`` (None: deleted)."""
         if key.startswith(OBJ):
-            uuid = key[len(OBJ) :]
-            old = self.objs.get(uuid)
-            new = Obj.from_json(value) if value is not None else None
-            if old is not None and new is not None:
-                self._reindex(old, new)
-            elif old is not None:
-                self._unindex(old)
-            elif new is not None:
-                self._index(new)
-            for fn in self.listeners:
-                fn(old, new)
+            self.set_obj(key[len(OBJ) :], Obj.from_json(value) if value is not None else None)
         elif key.startswith(CLAIM):
             if value is None:
                 self.claims.pop(key, None)
@@ -335,15 +337,7 @@ class WriteSet:
                     txn.put(k, v)
         # The store has it: now the index (objects are applied as the live copies).
         for uuid, o in self.objs.items():
-            old = db.objs.get(uuid)
-            if old is not None and o is not None:
-                db._reindex(old, o)
-            elif old is not None:
-                db._unindex(old)
-            elif o is not None:
-                db._index(o)
-            for listener in db.listeners:
-                listener(old, o)
+            db.set_obj(uuid, o)
         for k, v in writes.items():
             if not k.startswith(OBJ):
                 db.apply(k, v)
