@@ -20,7 +20,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -43,6 +42,9 @@ import orjson
 import psutil
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from bench.common import machine, update_docs_section  # noqa: E402
+
 PROJECT = ["default-domain", "default-project"]
 VN_NAME = "bench-vn"
 SUBNET = ("198.18.0.0", 16)  # RFC 2544 benchmarking space: 65k addresses, room for every run
@@ -78,25 +80,6 @@ def latency_ms(samples: list[float]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------------
 # machine
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-    }
-
-
 def wait_quiet(limit_s: float, threshold: float = 20.0) -> float:
     """Wait (at most ``limit_s``) for the machine's CPU use to fall under ``threshold`` %;
     returns the last 1-second reading, recorded so a noisy run can be told apart."""
@@ -647,20 +630,9 @@ def docs_section(r: dict[str, Any]) -> str:
 
 
 def update_docs(result: dict[str, Any], png: Path) -> None:
-    doc = REPO / "docs" / "performance.md"
-    img = REPO / "docs" / "img" / "api-bench.png"
-    img.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(png, img)
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    section = docs_section(result)
-    if DOCS_BEGIN in text and DOCS_END in text:
-        head, rest = text.split(DOCS_BEGIN, 1)
-        tail = rest.split(DOCS_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n## Config API (bench/api)\n\n" + section + "\n"
-    doc.write_text(text)
-    say(f"refreshed {doc} and {img}")
+    doc = update_docs_section("Config API (bench/api)", DOCS_BEGIN, DOCS_END,
+                              docs_section(result), png, "api-bench.png")
+    say(f"refreshed {doc} and docs/img/api-bench.png")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Benchmarks; each script under bench/<name>/run.py runs from the repository root."""
