@@ -238,6 +238,17 @@ class _Checker:
         return not o.refs.get("network_ipam_refs")
 
     # -- id claims ---------------------------------------------------------------------------
+    def _holds_route_target(self, holder: Obj, space: str, n: str) -> bool:
+        """Route-target numbers are the transformer's: the routing instance or logical
+        router they were allocated for refers to the route target ``target:ASN:<n>``."""
+        if space != "route-target":
+            return False
+        for ref in holder.refs.get("route_target_refs", []):
+            target = self.objs.get(ref["uuid"])
+            if target is not None and target.fq_name[-1].rpartition(":")[2] == n:
+                return True
+        return False
+
     def check_id_claims(self) -> None:
         for key, owner in self.claims.items():
             if not key.startswith(ID):
@@ -250,7 +261,8 @@ class _Checker:
             if holder is None:
                 self.report(f"{space} id {text} is claimed by {owner}, which does not exist")
                 continue
-            if (space, int(text)) not in {(sp, n) for sp, n, _ in _id_claims(holder)}:
+            if (space, int(text)) not in {(sp, n) for sp, n, _ in _id_claims(holder)} and \
+                    not self._holds_route_target(holder, space, text):
                 self.report(f"{space} id {text} is claimed by {self.describe(holder)}, which "
                             "does not hold that id")
         for o in self.objs.values():

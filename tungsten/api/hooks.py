@@ -520,10 +520,22 @@ def lr_pre_create(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
 
 def lr_post_delete(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
                    ctx: RequestCtx) -> None:
+    release_route_targets(api, ws, rt, obj, ctx)
     for ref in obj.refs.get("virtual_network_refs", []):
         vn = ws.get(ref["uuid"])
         if vn is not None and vn.derived and vn.fq_name[-1].startswith("__contrail_lr_internal"):
             api._delete(ws, api.rtype("virtual-network"), vn, ctx, cascade=True)
+
+
+def release_route_targets(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
+                          ctx: RequestCtx) -> None:
+    """Free the route-target numbers the transformer allocated for a routing instance or
+    logical router (claims named after its ``target:ASN:N`` refs) with their owner."""
+    for ref in obj.refs.get("route_target_refs", []):
+        target = ws.get(ref["uuid"])
+        n = target.fq_name[-1].rpartition(":")[2] if target is not None else ""
+        if n.isdigit():
+            release_ids(ws, "route-target", obj.uuid, int(n))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -581,6 +593,7 @@ POST_DELETE: dict[str, PostCreate] = {
     "tag": tag_post_delete,
     "tag-type": tag_type_post_delete,
     "logical-router": lr_post_delete,
+    "routing-instance": release_route_targets,
 }
 
 
