@@ -8,7 +8,10 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 from aiohttp import web
@@ -83,8 +86,17 @@ def read_tokens(path: Path) -> frozenset[str]:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, envvar=env_names("LOG_LEVEL"),
               help="How much to log (structured, to stderr).")
+@click.option("--transformer/--no-transformer", default=True, show_default=True,
+              help="Run the schema transformer here (one controller on a store holds its "
+                   "lease at a time; the others stand by).")
+@click.option("--control/--no-control", "control_node", default=True, show_default=True,
+              help="Serve the control node (agent streams at /control/v1/stream).")
+@click.option("--hold-time", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              envvar=env_names("HOLD_TIME"),
+              help="Seconds a disconnected agent's routes are kept before they are withdrawn.")
 def controller(listen: str, store_url: str | None, auth: str, token_file: Path | None,
-               log_level: str) -> None:
+               log_level: str, transformer: bool, control_node: bool,
+               hold_time: float) -> None:
     """Serve TF's VNC config API (the contrail-api server) over a config store.
 
     Ready when GET / answers.  TF's own client connects unchanged:
@@ -116,11 +128,24 @@ def controller(listen: str, store_url: str | None, auth: str, token_file: Path |
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     app = build_app(api, AuthConfig(auth, tokens))
-    n = len(api.db.objs)
-    asyncio.run(_serve(app, host, port, f"store {url}, auth {auth}, {n} objects"))
+    parts = [f"store {url}", f"auth {auth}", f"{len(api.db.objs)} objects"]
+    if control_node:
+        from tungsten.control.node import ControlNode
+
+        ControlNode(api, hold_time=hold_time, name=f"{socket.gethostname()}:{port}").mount(app)
+        parts.append(f"control node (hold time {hold_time:g} s)")
+    services: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+    if transformer:
+        from tungsten.transformer.service import Transformer
+
+        holder = f"{socket.gethostname()}:{os.getpid()}:{port}"
+        services.append(Transformer(api, holder).run)
+        parts.append("transformer")
+    asyncio.run(_serve(app, host, port, ", ".join(parts), services))
 
 
-async def _serve(app: web.Application, host: str, port: int, detail: str) -> None:
+async def _serve(app: web.Application, host: str, port: int, detail: str,
+                 services: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
@@ -137,6 +162,10 @@ async def _serve(app: web.Application, host: str, port: int, detail: str) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(run(stop)) for run in services]
     await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     logging.getLogger("tungsten").info("shutting down")
     await runner.cleanup()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import click
 
 from tungsten import __version__
+from tungsten.cli.agent import agent, trace
 from tungsten.cli.controller import controller
+from tungsten.cli.sim import sim
 from tungsten.cli.store import store
+from tungsten.cli.transformer import transformer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,8 +18,12 @@ def cli() -> None:
     """Tungsten: the Tungsten Fabric SDN on a stock Linux kernel."""
 
 
+cli.add_command(agent)
+cli.add_command(trace)
 cli.add_command(controller)
+cli.add_command(sim)
 cli.add_command(store)
+cli.add_command(transformer)
 
 
 def main() -> None:

@@ -1,0 +1,135 @@
+"""The agent's local port API, served on a unix socket (what CNI and the CLI talk to).
+
+    POST   /ports           {"vmi": UUID} or {"network": VN, "name"?: NAME, "project"?: P}
+    DELETE /ports/{uuid}    idempotent: deleting an unknown port succeeds
+    GET    /ports           local ports
+    GET    /routes          installed routes   (?network=VN uuid or fq name)
+    GET    /acls            ACL and SGs per port (?port=UUID)
+    POST   /trace           {"port": UUID, "dst": IP, "src"?, "proto"?, "sport"?, "dport"?}
+    GET    /status          sessions, headless, counts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tungsten.agent.agent import Agent
+from tungsten.agent.config import ConfigApiError
+
+AGENT_KEY = web.AppKey("agent", Agent)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as e:
+        raise web.HTTPBadRequest(text=f"the body is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return data
+
+
+def build_local_app(agent: Agent) -> web.Application:
+    app = web.Application()
+    app[AGENT_KEY] = agent
+
+    async def add_port(request: web.Request) -> web.Response:
+        data = await _body(request)
+        vmi, network = data.get("vmi"), data.get("network")
+        if not (isinstance(vmi, str) and vmi) and not (isinstance(network, str) and network):
+            return _error(400, 'give {"vmi": UUID} or {"network": VN, "name": NAME}')
+        try:
+            wait = float(data.get("wait", 10.0))
+            port = await agent.add_port(vmi or None, network=network or None,
+                                        name=data.get("name") or None,
+                                        project=data.get("project") or None, wait=wait)
+        except ConfigApiError as e:
+            return _error(e.status if 400 <= e.status < 500 else 502, str(e))
+        except (TypeError, ValueError) as e:
+            return _error(400, str(e))
+        return _json(port)
+
+    async def delete_port(request: web.Request) -> web.Response:
+        uuid = request.match_info["uuid"]
+        existed = await agent.delete_port(uuid)
+        return _json({"uuid": uuid, "deleted": existed})
+
+    async def list_ports(request: web.Request) -> web.Response:
+        return _json(agent.ports())
+
+    async def routes(request: web.Request) -> web.Response:
+        return _json(agent.routes(request.query.get("network") or None))
+
+    async def acls(request: web.Request) -> web.Response:
+        port = request.query.get("port") or None
+        out = agent.acls(port)
+        if port and not out:
+            return _error(404, f"no plugged port {port} on this node")
+        return _json(out)
+
+    async def trace(request: web.Request) -> web.Response:
+        data = await _body(request)
+        if not isinstance(data.get("port"), str) or not isinstance(data.get("dst"), str):
+            return _error(400, 'give {"port": UUID, "dst": IP}')
+        try:
+            result = agent.trace(data["port"], data["dst"], src=data.get("src"),
+                                 proto_=str(data.get("proto", "icmp")),
+                                 sport=int(data.get("sport", 0)),
+                                 dport=int(data.get("dport", 0)))
+        except NotImplementedError as e:
+            return _error(501, str(e))
+        except (TypeError, ValueError) as e:
+            return _error(400, str(e))
+        return _json(dataclasses.asdict(result))
+
+    async def status(request: web.Request) -> web.Response:
+        return _json(agent.status())
+
+    app.router.add_post("/ports", add_port)
+    app.router.add_delete("/ports/{uuid}", delete_port)
+    app.router.add_get("/ports", list_ports)
+    app.router.add_get("/routes", routes)
+    app.router.add_get("/acls", acls)
+    app.router.add_post("/trace", trace)
+    app.router.add_get("/status", status)
+    return app
+
+
+async def serve_unix(agent: Agent, path: Path) -> web.AppRunner:
+    """Serve the local API on ``path`` (a stale socket file from a dead agent is replaced)."""
+    if path.exists() or path.is_symlink():
+        if not path.is_socket():
+            raise OSError(f"{path} exists and is not a socket")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # nobody answers: left over by an agent that died
+            else:
+                raise OSError(f"another agent is serving on {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runner = web.AppRunner(build_local_app(agent), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, str(path)).start()
+        os.chmod(path, 0o660)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

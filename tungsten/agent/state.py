@@ -1,0 +1,185 @@
+"""The agent's pure core: from the control node's view and the locally plugged ports to the
+desired datapath state, and from the installed state to the routes the node originates.
+
+No I/O here: the agent calls these after every (coalesced) change and hands the result to a
+``Datapath`` backend or to its control sessions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from tungsten.control.protocol import Route, View, route_key
+from tungsten.datapath.base import DatapathState, LocalPort, NextHop, Vrf
+
+# Outer Ethernet + IP + UDP + VXLAN headers added to every overlay packet.
+VXLAN_OVERHEAD_V4 = 14 + 20 + 8 + 8
+VXLAN_OVERHEAD_V6 = 14 + 40 + 8 + 8
+
+
+def ifname_for(port_uuid: str) -> str:
+    """Host-side interface name of a port: stable, unique enough, within IFNAMSIZ (15)."""
+    return "tap" + port_uuid.replace("-", "")[:11]
+
+
+def port_mtu(underlay_mtu: int, underlay_ip: str) -> int:
+    """The largest overlay MTU that never fragments on the underlay."""
+    v6 = ipaddress.ip_address(underlay_ip).version == 6
+    return underlay_mtu - (VXLAN_OVERHEAD_V6 if v6 else VXLAN_OVERHEAD_V4)
+
+
+def host_prefix(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    return f"{ip}/{ip.max_prefixlen}"
+
+
+def merge_views(primary: View | None, others: Iterable[View]) -> View:
+    """Config (ports, networks, security groups) from the primary session; routes from all.
+
+    Route keys carry the origin (instance, prefix, next hop, port), so the union of two control
+    nodes' routes holds each route once.
+    """
+    routes: dict[str, Any] = {}
+    for v in others:
+        routes.update(v.get("routes", {}))
+    base = primary or {}
+    routes.update(base.get("routes", {}))
+    # The config collections are shared, not copied: the merged view is read-only.
+    merged: View = {c: base.get(c, {}) for c in ("ports", "networks", "security_groups")}
+    merged["routes"] = routes
+    return merged
+
+
+def _local_ports(view: View, local_ports: Collection[str], mtu: int) -> dict[str, LocalPort]:
+    ports_cfg = view.get("ports", {})
+    nets = view.get("networks", {})
+    out: dict[str, LocalPort] = {}
+    for uuid in sorted(local_ports):
+        pc = ports_cfg.get(uuid)
+        if pc is None or not pc.get("enabled", True):
+            continue  # no config yet (or admin down): not plugged, nothing to originate
+        net = nets.get(pc["network"])
+        if net is None:
+            continue
+        out[uuid] = LocalPort(
+            uuid=uuid, network=pc["network"], vni=int(net["vni"]), mac=pc["mac"],
+            ips=tuple(str(ip["address"]) for ip in pc.get("ips", ())),
+            ifname=ifname_for(uuid), mtu=mtu,
+            sgs=tuple(pc.get("sgs", ())), tags=tuple(pc.get("tags", ())),
+        )
+    return out
+
+
+def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collection[str],
+                  mtu: int) -> DatapathState:
+    """The forwarding state this node needs: one VRF per network of its plugged ports.
+
+    ``local_ports`` are the port uuids registered on this node; ``mtu`` is the underlay MTU.
+    A port is plugged once its config (and its network's) is in the view.
+    """
+    ports = _local_ports(view, local_ports, port_mtu(mtu, underlay_ip))
+    nets = view.get("networks", {})
+    net_ids = sorted({p.network for p in ports.values()})
+    importers = _importers(nets, net_ids)
+    # Networks that do not list their sources take every route leaked in from elsewhere.
+    open_nets = [n for n in net_ids if "sources" not in nets[n]]
+    tables: dict[str, dict[str, set[NextHop]]] = {n: {} for n in net_ids}
+
+    for p in ports.values():
+        nh = NextHop(kind="local", port=p.uuid, mac=p.mac, node=node)
+        for ip in p.ips:
+            tables[p.network].setdefault(host_prefix(ip), set()).add(nh)
+
+    for r in view.get("routes", {}).values():
+        targets = importers.get(r["ri"])
+        if targets is None:
+            targets = open_nets  # leaked from a network with no port here
+        if not targets:
+            continue
+        if r["nexthop"] == underlay_ip:
+            # Our own route reflected back: only a port plugged here can serve it.
+            if r["port"] not in ports:
+                continue
+            nh = NextHop(kind="local", port=r["port"], mac=ports[r["port"]].mac, node=node)
+        else:
+            nh = NextHop(kind="remote", vtep=r["nexthop"], vni=int(r["vni"]), mac=r["mac"],
+                         node=r.get("node"))
+        for n in targets:
+            tables[n].setdefault(r["prefix"], set()).add(nh)
+
+    vrfs: dict[str, Vrf] = {}
+    for n in net_ids:
+        cfg = nets[n]
+        vrfs[n] = Vrf(
+            network=n, name=cfg["name"], vni=int(cfg["vni"]),
+            routes={pfx: tuple(sorted(nhs, key=_nh_order)) for pfx, nhs in
+                    sorted(tables[n].items())},
+            gateways=tuple(s["gateway"] for s in cfg.get("subnets", ()) if s.get("gateway")),
+            acl=tuple(cfg.get("acl") or ()),
+        )
+    sgs = {int(sg["id"]): sg for sg in view.get("security_groups", {}).values()}
+    return DatapathState(node=node, underlay_ip=underlay_ip, ports=ports, vrfs=vrfs,
+                         security_groups=sgs)
+
+
+def _importers(nets: Mapping[str, Any], net_ids: list[str]) -> dict[str, list[str]]:
+    """Routing instance -> the local networks whose VRF takes its routes.
+
+    The view's routes carry their *source* instance.  A network's own instance feeds its VRF;
+    an optional ``sources`` list in the network's config (the instances it imports) says
+    which other instances feed it too.
+    """
+    out: dict[str, list[str]] = {}
+    for n in net_ids:
+        for ri in {nets[n]["ri"], *nets[n].get("sources", ())}:
+            out.setdefault(ri, []).append(n)
+    return out
+
+
+def _nh_order(nh: NextHop) -> tuple[str, str, str]:
+    return (nh.kind, nh.vtep or "", nh.port or "")
+
+
+def originated_routes(node: str, underlay_ip: str, view: View,
+                      installed: DatapathState | None) -> dict[str, Route]:
+    """Routes this node announces: one per address of each port that is really installed in
+    the datapath and whose config is known (TF's agent does the same: nothing black-holed)."""
+    if installed is None:
+        return {}
+    nets = view.get("networks", {})
+    out: dict[str, Route] = {}
+    for p in installed.ports.values():
+        net = nets.get(p.network)
+        if net is None or p.uuid not in view.get("ports", {}):
+            continue
+        for ip in p.ips:
+            r = Route(ri=net["ri"], prefix=host_prefix(ip), mac=p.mac, nexthop=underlay_ip,
+                      vni=int(net["vni"]), encap="vxlan", port=p.uuid, node=node,
+                      sgs=list(p.sgs), tags=list(p.tags))
+            out[route_key(r)] = r
+    return out
+
+
+def route_diff(old: Mapping[str, Route], new: Mapping[str, Route]
+               ) -> tuple[list[Route], list[str]]:
+    """(routes to add or update, keys to withdraw) that turn ``old`` into ``new``."""
+    add = [r for k, r in new.items() if old.get(k) != r]
+    gone = [k for k in old if k not in new]
+    return add, gone
+
+
+def port_gateway(view: View, port: LocalPort) -> str | None:
+    """The gateway of the subnet that holds the port's first address."""
+    if not port.ips:
+        return None
+    ip = ipaddress.ip_address(port.ips[0])
+    for s in view.get("networks", {}).get(port.network, {}).get("subnets", ()):
+        try:
+            if ip in ipaddress.ip_network(s["prefix"], strict=False):
+                gw = s.get("gateway")
+                return str(gw) if gw else None
+        except (KeyError, ValueError):
+            continue
+    return None

@@ -1,0 +1,242 @@
+"""What one node needs to know, read from the config index: pure functions over ``ObjectDB``.
+
+``config_view`` gives the config part of an agent's View (ports, networks, security groups);
+the routes part comes from the RIB.  ``ri_targets`` reads every routing instance's route-target
+config for the RIB.  Nothing here writes or waits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from tungsten.api.objdb import Obj, ObjectDB
+from tungsten.control.protocol import NetworkConfig, PortConfig, SecurityGroupConfig, View
+from tungsten.control.rib import RiTargets
+
+CONFIG_COLLECTIONS = ("ports", "networks", "security_groups")
+SG_ACLS = ("ingress-access-control-list", "egress-access-control-list")
+
+
+def joined(fq_name: list[str]) -> str:
+    return ":".join(fq_name)
+
+
+def primary_ri(vn: Obj) -> str:
+    """A network's primary routing instance: its fq_name plus its name again, as TF names it."""
+    return joined([*vn.fq_name, vn.fq_name[-1]])
+
+
+def _ref_uuids(obj: Obj, field: str) -> list[str]:
+    return [r["uuid"] for r in obj.refs.get(field, [])]
+
+
+def _acl_rules(db: ObjectDB, parent: str, names: tuple[str, ...] | None = None) -> list[Any]:
+    """The acl_rule lists of the parent's derived ACLs (all of them, or those named), in
+    name order."""
+    acls = [
+        o for u in db.children.get(parent, {})
+        if (o := db.objs.get(u)) is not None and o.type == "access-control-list"
+        and (names is None or o.fq_name[-1] in names)
+    ]
+    rules: list[Any] = []
+    for acl in sorted(acls, key=lambda o: o.fq_name[-1]):
+        entries = acl.props.get("access_control_list_entries") or {}
+        rules.extend(entries.get("acl_rule") or [])
+    return rules
+
+
+def _port_ips(db: ObjectDB, vmi: Obj, vn: Obj | None) -> list[dict[str, Any]]:
+    ips: list[dict[str, Any]] = []
+    for u in db.back.get(vmi.uuid, {}):
+        iip = db.objs.get(u)
+        if iip is None or iip.type != "instance-ip":
+            continue
+        address = iip.props.get("instance_ip_address")
+        if not isinstance(address, str):
+            continue
+        family = iip.props.get("instance_ip_family") or ("v6" if ":" in address else "v4")
+        subnet = iip.props.get("instance_ip_subnet") or {}
+        plen = subnet.get("ip_prefix_len")
+        if not isinstance(plen, int):
+            plen = _prefix_len_in(vn, address) if vn is not None else None
+        if plen is None:
+            plen = 128 if family == "v6" else 32
+        ips.append({"address": address, "prefix_len": plen, "family": family})
+    ips.sort(key=lambda ip: (ip["family"], ip["address"]))
+    return ips
+
+
+def _prefix_len_in(vn: Obj, address: str) -> int | None:
+    """The length of the network's subnet that holds ``address``."""
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    for sn in network_subnets(vn):
+        net = ipaddress.ip_network(sn["prefix"], strict=False)
+        if addr.version == net.version and addr in net:
+            return net.prefixlen
+    return None
+
+
+def network_subnets(vn: Obj) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for ref in vn.refs.get("network_ipam_refs", []):
+        for s in (ref.get("attr") or {}).get("ipam_subnets") or []:
+            sub = s.get("subnet") or {}
+            if sub.get("ip_prefix") is None or sub.get("ip_prefix_len") is None:
+                continue  # a flat-subnet ipam: its subnets live on the ipam
+            out.append({
+                "prefix": f"{sub['ip_prefix']}/{sub['ip_prefix_len']}",
+                "gateway": s.get("default_gateway"),
+                "dns": s.get("dns_server_address"),
+                "subnet_uuid": s.get("subnet_uuid"),
+            })
+    return out
+
+
+def _tag_ids(db: ObjectDB, obj: Obj) -> list[int]:
+    out: list[int] = []
+    for u in _ref_uuids(obj, "tag_refs"):
+        tag = db.objs.get(u)
+        raw = tag.props.get("tag_id") if tag is not None else None
+        if isinstance(raw, int):
+            out.append(raw)
+        elif isinstance(raw, str):
+            try:
+                out.append(int(raw, 0))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def _sg_ids(db: ObjectDB, vmi: Obj) -> list[int]:
+    out = []
+    for u in _ref_uuids(vmi, "security_group_refs"):
+        sg = db.objs.get(u)
+        if sg is not None and isinstance(sg.props.get("security_group_id"), int):
+            out.append(sg.props["security_group_id"])
+    return sorted(out)
+
+
+def port_config(db: ObjectDB, uuid: str) -> PortConfig | None:
+    """A port (VMI) as its node sees it; None while it is unknown or has no network."""
+    vmi = db.objs.get(uuid)
+    if vmi is None or vmi.type != "virtual-machine-interface":
+        return None
+    vns = _ref_uuids(vmi, "virtual_network_refs")
+    vn = db.objs.get(vns[0]) if vns else None
+    if vn is None:
+        return None
+    macs = (vmi.props.get("virtual_machine_interface_mac_addresses") or {}).get("mac_address")
+    return PortConfig(
+        uuid=uuid,
+        name=joined(vmi.fq_name),
+        network=vn.uuid,
+        mac=macs[0] if macs else "",
+        ips=_port_ips(db, vmi, vn),
+        sgs=_sg_ids(db, vmi),
+        tags=_tag_ids(db, vmi),
+        enabled=bool((vmi.props.get("id_perms") or {}).get("enable", True)),
+    )
+
+
+def network_config(db: ObjectDB, uuid: str) -> NetworkConfig | None:
+    vn = db.objs.get(uuid)
+    if vn is None or vn.type != "virtual-network":
+        return None
+    return NetworkConfig(
+        uuid=uuid,
+        name=joined(vn.fq_name),
+        vni=int(vn.props.get("virtual_network_network_id") or 0),
+        ri=primary_ri(vn),
+        subnets=network_subnets(vn),
+        acl=_acl_rules(db, uuid),
+    )
+
+
+def sg_config(db: ObjectDB, uuid: str) -> SecurityGroupConfig | None:
+    """An SG with its rules from the transformer's derived ACLs; until those exist, its own
+    policy rules split by which side is ``local``."""
+    sg = db.objs.get(uuid)
+    if sg is None or sg.type != "security-group":
+        return None
+    sg_id = sg.props.get("security_group_id")
+    if not isinstance(sg_id, int):
+        return None
+    derived = {
+        name: _acl_rules(db, uuid, (name,)) for name in SG_ACLS
+        if any((o := db.objs.get(u)) is not None and o.fq_name[-1] == name
+               for u in db.children.get(uuid, {}))
+    }
+    if derived:
+        ingress = derived.get(SG_ACLS[0], [])
+        egress = derived.get(SG_ACLS[1], [])
+    else:
+        rules = (sg.props.get("security_group_entries") or {}).get("policy_rule") or []
+        ingress = [r for r in rules if _is_local(r.get("dst_addresses"))]
+        egress = [r for r in rules if _is_local(r.get("src_addresses"))]
+    return SecurityGroupConfig(uuid=uuid, id=sg_id, ingress=ingress, egress=egress)
+
+
+def _is_local(addresses: Any) -> bool:
+    return any(isinstance(a, dict) and a.get("security_group") == "local"
+               for a in addresses or [])
+
+
+def config_view(db: ObjectDB, ports: set[str] | frozenset[str],
+                memo: dict[str, Any] | None = None) -> tuple[View, set[str]]:
+    """The config collections a node with these ports needs, and the uuids of every object
+    they were read from (what the node must watch for changes).  ``memo`` shares the work
+    between the nodes recomputed in one go (objects by uuid)."""
+    cache: dict[str, Any] = {} if memo is None else memo
+
+    def cached(uuid: str, fn: Any) -> Any:
+        if uuid not in cache:
+            cache[uuid] = fn(db, uuid)
+        return cache[uuid]
+
+    view: View = {c: {} for c in CONFIG_COLLECTIONS}
+    deps: set[str] = set(ports)
+    for uuid in ports:
+        port = cached(uuid, port_config)
+        if port is None:
+            continue
+        view["ports"][uuid] = port
+        vmi = db.objs[uuid]
+        deps.update(_ref_uuids(vmi, "tag_refs"))
+        if port["network"] not in view["networks"]:
+            net = cached(port["network"], network_config)
+            if net is not None:
+                view["networks"][port["network"]] = net
+                deps.add(port["network"])
+        for sg_uuid in _ref_uuids(vmi, "security_group_refs"):
+            deps.add(sg_uuid)
+            sg = cached(sg_uuid, sg_config)
+            if sg is not None:
+                view["security_groups"][str(sg["id"])] = sg
+    return view, deps
+
+
+def ri_targets(db: ObjectDB) -> dict[str, RiTargets]:
+    """Route-target config of every routing instance, by RI name."""
+    out: dict[str, RiTargets] = {}
+    for ri in db.by_type.get("routing-instance", {}).values():
+        imports: set[str] = set()
+        exports: set[str] = set()
+        for ref in ri.refs.get("route_target_refs", []):
+            rt = db.objs.get(ref["uuid"])
+            if rt is None:
+                continue
+            name = rt.fq_name[-1]
+            mode = (ref.get("attr") or {}).get("import_export")
+            if mode != "export":
+                imports.add(name)
+            if mode != "import":
+                exports.add(name)
+        peers = {joined(p.fq_name) for u in _ref_uuids(ri, "routing_instance_refs")
+                 if (p := db.objs.get(u)) is not None}
+        out[joined(ri.fq_name)] = RiTargets(frozenset(imports), frozenset(exports),
+                                            frozenset(peers))
+    return out

@@ -1,0 +1,1 @@
+"""sim: many simulated agents on one machine."""
