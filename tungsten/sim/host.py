@@ -27,7 +27,6 @@ import psutil
 from tungsten.agent.agent import Agent
 from tungsten.datapath.sim import SimDatapath, SimFabric
 
-
 LINE_LIMIT = 64 * 2**20
 
 
