@@ -51,6 +51,73 @@ def run_scale(agents: int, ports: int, networks: int, extra: list[str]) -> dict[
     return result
 
 
+def standalone_agent_rss(ports: int = 50) -> float:
+    """RSS (MB) of one ``tungsten agent run`` process holding ``ports`` plugged ports: what one
+    node's agent costs on its own, as opposed to the amortised figure of the sim's hosts."""
+    import asyncio
+    import socket
+    import tempfile
+
+    import aiohttp
+    import psutil
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        ctl = subprocess.Popen([sys.executable, "-m", "tungsten", "controller", "--listen",
+                                f"127.0.0.1:{port}", "--store", f"sqlite:///{tmp}/c.db"],
+                               stderr=subprocess.DEVNULL)
+        agent: subprocess.Popen[bytes] | None = None
+        try:
+            async def drive() -> float:
+                nonlocal agent
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(200):
+                        try:
+                            async with http.get(url + "/") as r:
+                                await r.read()
+                            break
+                        except aiohttp.ClientError:
+                            await asyncio.sleep(0.05)
+                    body = {"virtual-network": {
+                        "fq_name": ["default-domain", "default-project", "bench-vn"],
+                        "parent_type": "project", "network_ipam_refs": [{
+                            "to": ["default-domain", "default-project", "default-network-ipam"],
+                            "attr": {"ipam_subnets": [{"subnet": {
+                                "ip_prefix": "198.18.0.0", "ip_prefix_len": 24}}]}}]}}
+                    async with http.post(url + "/virtual-networks", json=body) as r:
+                        assert r.status == 200, await r.text()
+                sock_path = f"{tmp}/agent.sock"
+                agent = subprocess.Popen(
+                    [sys.executable, "-m", "tungsten", "agent", "run", "--node", "standalone",
+                     "--underlay-ip", "198.19.255.1", "--control", url, "--socket", sock_path,
+                     "--state-dir", f"{tmp}/agent"], stderr=subprocess.DEVNULL)
+                conn = aiohttp.UnixConnector(path=sock_path)
+                async with aiohttp.ClientSession(connector=conn) as local:
+                    for _ in range(200):
+                        try:
+                            async with local.get("http://agent/ports") as r:
+                                await r.read()
+                            break
+                        except aiohttp.ClientError:
+                            await asyncio.sleep(0.05)
+                    for i in range(ports):
+                        async with local.post("http://agent/ports", json={
+                                "network": "default-domain:default-project:bench-vn",
+                                "name": f"standalone-p{i}"}) as r:
+                            assert r.status == 200, await r.text()
+                return float(psutil.Process(agent.pid).memory_info().rss / 2**20)
+
+            return round(asyncio.run(drive()), 1)
+        finally:
+            for proc in (agent, ctl):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(10)
+
+
 def plot(results: list[dict[str, Any]], title: str, png: Path) -> None:
     import matplotlib
 
@@ -108,14 +175,20 @@ def docs_section(report: dict[str, Any]) -> str:
             ("policy change", goal.get("policy_change_s", float("inf")),
              GOALS["policy_change_s"], "s"),
             ("controller RSS", goal["controller_rss_mb"], GOALS["controller_rss_mb"], "MB"),
-            ("agent RSS", max(goal["agent_rss_mb"]), GOALS["agent_rss_mb"], "MB"),
+            ("agent RSS, one `tungsten agent run` process with 50 ports",
+             report["standalone_agent_rss_mb"], GOALS["agent_rss_mb"], "MB"),
+            ("agent RSS, amortised over a sim host process", max(goal["agent_rss_mb"]),
+             GOALS["agent_rss_mb"], "MB"),
         ]
         lines += ["", "| goal (200 agents × 50 ports) | measured | goal | |",
                   "| --- | --- | --- | --- |"]
         for name, value, limit, unit in checks:
             verdict = "met" if value < limit else "**not met**"
             lines.append(f"| {name} | {value} {unit} | < {limit:g} {unit} | {verdict} |")
-    lines += ["", "![Control-plane benchmark](img/control-bench.png)", DOCS_END]
+    lines += ["", "The sim runs many agents per process (one interpreter, one HTTP pool); the "
+              "amortised agent RSS is a host process's RSS divided by its agents. A real node "
+              "runs one agent per process: that is the standalone figure.", "",
+              "![Control-plane benchmark](img/control-bench.png)", DOCS_END]
     return "\n".join(lines)
 
 
@@ -141,7 +214,10 @@ def main() -> None:
     command = ".venv/bin/python bench/control/run.py" + (" --quick" if args.quick else "")
     if args.scales != p.get_default("scales") and not args.quick:
         command += f" --scales {args.scales}"
+    say("standalone agent: one `tungsten agent run` process with 50 ports")
+    standalone = standalone_agent_rss()
     report = {
+        "standalone_agent_rss_mb": standalone,
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "command": command + (" --docs" if args.docs else ""),

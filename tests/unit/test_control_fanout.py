@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from tests.unit.test_control_views import Fabric
+from tungsten.control import wire
 from tungsten.control.node import ControlNode
 from tungsten.control.protocol import Route, View, apply_delta, route_key
 
@@ -21,6 +22,9 @@ class FakeLink:
 
     def send(self, data: bytes) -> None:
         self.raw.append(data)
+
+    def send_delta(self, revision: int, body: bytes) -> None:
+        self.raw.append(wire.delta(revision, body))
 
     def close(self) -> None:
         self.closed = True

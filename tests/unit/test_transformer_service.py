@@ -60,7 +60,8 @@ def test_sync_allocates_from_8000000_and_is_idempotent(api: ConfigApi) -> None:
     mine = [n for n, owner in rt_claims(api).items() if owner == ri]
     assert mine == [8_000_000 + len(base)]
     assert targets_of(api, ri) == [f"target:64512:{mine[0]}"]
-    assert api.db.lookup("access-control-list", [*PROJECT, "red", "red"]) is not None
+    # no policy attached: no network ACL (TF), routing alone isolates
+    assert api.db.lookup("access-control-list", [*PROJECT, "red", "red"]) is None
     assert t.sync() == 0  # nothing changed: nothing written
     revision = api.db.store.revision
     assert t.sync() == 0 and api.db.store.revision == revision
@@ -99,9 +100,8 @@ def test_deleting_networks_and_policies_removes_derived_state(api: ConfigApi) ->
     api.delete("network-policy", p, CTX)
     assert t.sync() > 0
     assert "routing_instance_refs" not in api.db.objs[red_ri].refs
-    acl = api.db.lookup("access-control-list", [*PROJECT, "red", "red"])
-    assert acl is not None
-    assert len(api.db.objs[acl].props["access_control_list_entries"]["acl_rule"]) == 4
+    # no policy left: the network's ACL goes too (TF: no policy, no ACL)
+    assert api.db.lookup("access-control-list", [*PROJECT, "red", "red"]) is None
     # delete a network: its number is free at once, its route-target object goes at sync
     api.delete("virtual-network", blue, CTX)
     assert blue_ri not in rt_claims(api).values()

@@ -157,9 +157,16 @@ class Agent:
             await self._flush_deletes()
         return True
 
-    def _installed(self, uuid: str) -> bool:
-        cur = self.datapath.current()
-        return cur is not None and uuid in cur.ports
+    def _installed(self, uuid: str, installed: DatapathState | None = None) -> bool:
+        """Plugged, and with its addresses when the agent created the port (and so its
+        instance-ip): a control node that has not yet seen the instance-ip (another
+        controller wrote it) sends the port without addresses first."""
+        cur = installed or self.datapath.current()
+        lp = cur.ports.get(uuid) if cur is not None else None
+        if lp is None:
+            return False
+        rec = self._registry.ports.get(uuid)
+        return bool(lp.ips) or not (rec and rec.created)
 
     def port_info(self, uuid: str) -> dict[str, Any]:
         cur = self.datapath.current()
@@ -307,7 +314,7 @@ class Agent:
                 await self._sync(s, ports, self._originated)
 
     def _wake_waiters(self, installed: DatapathState | None) -> None:
-        for uuid in [u for u in self._plug_waiters if installed and u in installed.ports]:
+        for uuid in [u for u in self._plug_waiters if self._installed(u, installed)]:
             for f in self._plug_waiters.pop(uuid):
                 if not f.done():
                     f.set_result(None)

@@ -32,7 +32,7 @@ from tungsten.control import protocol as p
 from tungsten.control import wire
 from tungsten.control.protocol import Route, diff_views, route_key
 from tungsten.control.rib import Rib
-from tungsten.control.session import Session
+from tungsten.control.session import Link, Session
 from tungsten.control.views import config_view, ri_targets
 
 log = logging.getLogger("tungsten.control")
@@ -42,6 +42,7 @@ WINDOW = 0.02  # coalescing window, seconds
 CATCH_UP_INTERVAL = 0.2  # how often other writers' commits are looked for, seconds
 MAX_QUEUED = 256 * 1024 * 1024  # bytes queued to one slow stream before it is dropped
 MAX_MSG = 64 * 1024 * 1024
+WRITE_BUDGET = 16 * 1024 * 1024  # bytes in flight to all streams together
 ROUTE_FIELDS: dict[str, type] = {"ri": str, "prefix": str, "nexthop": str, "port": str}
 
 
@@ -54,22 +55,51 @@ class _Personal:
     gained: set[str] = field(default_factory=set)
 
 
+class WriteBudget:
+    """Bytes being written to all streams at once.  A write of a large frame keeps its bytes
+    in the transport until the socket takes them; bounding these writes together bounds the
+    node's memory when many agents read slowly (one frame may always go alone)."""
+
+    def __init__(self, limit: int = WRITE_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
 class WsLink:
     """A session's WebSocket: an ordered outbox drained by one writer task, so the flush
     never waits on a socket and a slow agent never holds up the others."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, budget: WriteBudget) -> None:
         self.ws = ws
-        self.out: deque[bytes] = deque()
+        self.budget = budget
+        # a delta waits as (revision, shared body): its frame is built only when written
+        self.out: deque[bytes | tuple[int, bytes]] = deque()
         self.queued = 0
         self.wake = asyncio.Event()
         self.closing = False
 
     def send(self, data: bytes) -> None:
+        self._queue(data, len(data))
+
+    def send_delta(self, revision: int, body: bytes) -> None:
+        self._queue((revision, body), len(body))
+
+    def _queue(self, item: bytes | tuple[int, bytes], size: int) -> None:
         if self.closing:
             return
-        self.out.append(data)
-        self.queued += len(data)
+        self.out.append(item)
+        self.queued += size
         self.wake.set()
         if self.queued > MAX_QUEUED:
             log.warning("control: dropping a stream that does not keep up")
@@ -84,9 +114,17 @@ class WsLink:
             await self.wake.wait()
             self.wake.clear()
             while self.out:
-                data = self.out.popleft()
-                self.queued -= len(data)
-                await self.ws.send_frame(data, WSMsgType.TEXT)
+                item = self.out.popleft()
+                if isinstance(item, tuple):
+                    self.queued -= len(item[1])
+                    item = wire.delta(*item)
+                else:
+                    self.queued -= len(item)
+                await self.budget.acquire(len(item))
+                try:
+                    await self.ws.send_frame(item, WSMsgType.TEXT)
+                finally:
+                    await self.budget.release(len(item))
             if self.closing:
                 await self.ws.close()
                 return
@@ -109,6 +147,7 @@ class ControlNode:
         self._dirty: set[str] = set()  # sessions whose config must be recomputed
         self._rib_dirty = True
         self._wake = asyncio.Event()
+        self._budget = WriteBudget()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.flushes = 0
@@ -277,7 +316,7 @@ class ControlNode:
     def _emit(self, s: Session, body: bytes) -> None:
         rev = s.record(body)
         if s.link is not None:
-            s.link.send(wire.delta(rev, body))
+            s.link.send_delta(rev, body)
 
     def _refresh(self, s: Session, memo: dict[str, Any] | None = None) -> _Personal:
         """Recompute a session's config collections and RIs; its own part of the delta."""
@@ -320,7 +359,7 @@ class ControlNode:
             index.setdefault(k, set()).add(sid)
 
     # -- sessions ----------------------------------------------------------------------------
-    def attach(self, hello: dict[str, Any], link: Any) -> Session:
+    def attach(self, hello: dict[str, Any], link: Link) -> Session:
         """Bind a stream that said hello to its session (resumed, taken over or new) and send
         what it needs first: ``resumed`` plus the missed deltas, or a snapshot."""
         node = hello.get("node")
@@ -345,7 +384,7 @@ class ControlNode:
                 link.send(p.encode({"type": p.RESUMED, "session": s.id,
                                     "revision": hello["revision"]}).encode())
                 for rev, body in missed:
-                    link.send(wire.delta(rev, body))
+                    link.send_delta(rev, body)
                 return s
             self._refresh(s)
             self._snapshot(s)
@@ -374,7 +413,7 @@ class ControlNode:
             routes = [self.rib.encoded_members(ri) for ri in sorted(s.ris)]
             s.link.send(wire.snapshot(s.id, s.revision, s.config, routes))
 
-    def detach(self, s: Session, link: Any) -> None:
+    def detach(self, s: Session, link: Link) -> None:
         """The stream went away: hold the session (and its routes) for the hold time."""
         if s.link is not link or self.sessions.get(s.id) is not s:
             return
@@ -460,7 +499,7 @@ class ControlNode:
         ws = web.WebSocketResponse(compress=False, heartbeat=self.heartbeat,
                                    max_msg_size=MAX_MSG)
         await ws.prepare(request)
-        link = WsLink(ws)
+        link = WsLink(ws, self._budget)
         writer = asyncio.create_task(link.run())
         session: Session | None = None
         try:

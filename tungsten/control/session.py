@@ -24,6 +24,9 @@ class Link(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
+    def send_delta(self, revision: int, body: bytes) -> None:
+        """Send ``wire.delta(revision, body)``; a link may build it only when it writes."""
+
     def close(self) -> None: ...
 
 

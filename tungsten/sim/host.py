@@ -76,8 +76,9 @@ class Host:
         return {"error": f"unknown op {op!r}"}
 
     async def serve(self) -> None:
-        # One HTTP session for all agents of this process: a connection pool, not hundreds.
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        # One HTTP session for all agents of this process (one pool, not hundreds).
+        # limit=0: every agent holds a WebSocket from this pool, plus its API calls
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         for i in range(self.first, self.first + self.count):
             node = node_name(i)
             self.agents[node] = Agent(node, underlay_ip(i), self.controls,

@@ -173,6 +173,10 @@ def derive(view: ConfigView, numbers: Mapping[str, int]) -> Derived:
     requests: dict[str, P.Requests] = {}
     for vn in vns:
         policy_rules, requests[P.fq_text(vn)] = P.network_rules(vn, view.objs, index)
+        if not P.attached_policies(vn, view.objs):
+            # TF: no policy, no ACL (routing alone isolates; networks joined by a logical
+            # router must reach each other)
+            continue
         first, last = P.implicit_rules(vn)
         out.acls[(*vn.fq_name, vn.fq_name[-1])] = AclWant(
             "virtual-network", _plain(R.entries(first + policy_rules + last)))
