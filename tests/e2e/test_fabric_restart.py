@@ -20,6 +20,7 @@ from tests.e2e.fabric import (
     plug,
     policy_refs,
     route_table,
+    routes_removed,
     run,
     transformed,
     until,
@@ -47,6 +48,7 @@ def test_control_node_restart_keeps_forwarding_and_resyncs(controller_factory: A
                             "every route on every node")
                 await transformed(api, [*PROJECT, "red"])
                 tables = [route_table(n) for n in nodes]
+                removed = [routes_removed(n) for n in nodes]
 
                 # the controller goes away: every agent is headless and keeps forwarding
                 await asyncio.to_thread(ctl.stop)
@@ -65,6 +67,9 @@ def test_control_node_restart_keeps_forwarding_and_resyncs(controller_factory: A
                             "the same routes as before the restart")
                 for n in nodes:
                     assert_no_duplicates(n)
+                # and nothing flapped on the way: while the control node relearnt the routes
+                # other agents re-announce, every agent kept the stale ones
+                assert [routes_removed(n) for n in nodes] == removed
                 check_delivered(nodes[0], red[0], red[2], "tcp", 80)
                 check_delivered(nodes[1], blue[1], blue[0], "udp", 53)
                 # the control node holds each route once

@@ -49,7 +49,7 @@ class Agent:
     def __init__(self, node: str, underlay_ip: str, controls: list[str], datapath: Datapath,
                  api_url: str | None = None, state_dir: Path | None = None, mtu: int = 1500,
                  *, settle: float = 0.02, http: aiohttp.ClientSession | None = None,
-                 register: bool = True) -> None:
+                 register: bool = True, stale_time: float = 15.0) -> None:
         if not controls and api_url is None:
             raise ValueError("an agent needs at least one control URL")
         self.node = node
@@ -73,6 +73,13 @@ class Agent:
         self._plug_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._config: ConfigClient | None = None
         self.vrouter_uuid: str | None = None
+        # Graceful restart, agent side: after a headless spell, the routes learnt before are
+        # kept as stale for ``stale_time`` seconds while the control node relearns what the
+        # other agents re-announce, so a restarted control node flaps nothing.
+        self.stale_time = stale_time
+        self._headless_since: float | None = None
+        self._stale_routes: dict[str, Any] = {}
+        self._stale_until = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -271,14 +278,29 @@ class Agent:
 
     def _merged_view(self) -> View | None:
         live = [s for s in self._sessions if s.established and s.view is not None]
+        loop = asyncio.get_running_loop()
         if not live:
             # Headless: keep what we had; sessions that are down still hold their last view.
+            if self._view is not None and self._headless_since is None:
+                self._headless_since = loop.time()
             return self._view
+        if self._headless_since is not None:
+            self._headless_since = None
+            if self._view is not None and self.stale_time > 0:
+                self._stale_routes = dict(self._view.get("routes", {}))
+                self._stale_until = loop.time() + self.stale_time
+                loop.call_later(self.stale_time, self._kick)
         if self._primary not in live:
             self._primary = live[0]
         assert self._primary is not None and self._primary.view is not None
-        return merge_views(self._primary.view, [s.view for s in live
-                                                if s is not self._primary and s.view])
+        merged = merge_views(self._primary.view, [s.view for s in live
+                                                  if s is not self._primary and s.view])
+        if self._stale_routes:
+            if loop.time() >= self._stale_until:
+                self._stale_routes = {}  # what was not re-announced by now is really gone
+            else:
+                merged["routes"] = {**self._stale_routes, **merged["routes"]}
+        return merged
 
     def _kick(self) -> None:
         self._dirty.set()

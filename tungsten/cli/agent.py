@@ -56,11 +56,14 @@ def agent() -> None:
               help="Forwarding backend.")
 @click.option("--mtu", type=click.IntRange(1280, 65535), default=1500, show_default=True,
               help="Underlay MTU (ports get it minus the VXLAN overhead).")
+@click.option("--stale-time", type=click.FloatRange(0, 3600), default=15.0, show_default=True,
+              help="After a headless spell, keep the routes learnt before for this many "
+                   "seconds while the control node relearns them (graceful restart).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, envvar=env_names("LOG_LEVEL"))
 def run(node: str, underlay_ip: str, controls: tuple[str, ...], api_url: str | None,
         socket_path: Path | None, state_dir: Path | None, datapath: str, mtu: int,
-        log_level: str) -> None:
+        stale_time: float, log_level: str) -> None:
     """Run the agent in the foreground; SIGTERM stops it without flushing the datapath."""
     setup_logging(log_level)
     try:
@@ -76,17 +79,18 @@ def run(node: str, underlay_ip: str, controls: tuple[str, ...], api_url: str | N
         sdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create the state directory {sdir}: {e.strerror}")
-    asyncio.run(_run(node, underlay_ip, list(controls), api_url, sock, sdir, mtu))
+    asyncio.run(_run(node, underlay_ip, list(controls), api_url, sock, sdir, mtu, stale_time))
 
 
 async def _run(node: str, underlay_ip: str, controls: list[str], api_url: str | None,
-               sock: Path, sdir: Path, mtu: int) -> None:
+               sock: Path, sdir: Path, mtu: int, stale_time: float) -> None:
     from tungsten.agent.agent import Agent
     from tungsten.agent.localapi import serve_unix
     from tungsten.datapath.sim import SimDatapath, SimFabric
 
     dp = SimDatapath(SimFabric())
-    ag = Agent(node, underlay_ip, controls, dp, api_url=api_url, state_dir=sdir, mtu=mtu)
+    ag = Agent(node, underlay_ip, controls, dp, api_url=api_url, state_dir=sdir, mtu=mtu,
+               stale_time=stale_time)
     try:
         await ag.start()
     except ValueError as e:
