@@ -1,21 +1,27 @@
 """What one node needs to know, read from the config index: pure functions over ``ObjectDB``.
 
-``config_view`` gives the config part of an agent's View (ports, networks, security groups);
-the routes part comes from the RIB.  ``ri_targets`` reads every routing instance's route-target
+``config_view`` gives the config part of an agent's View (ports, networks, security groups,
+firewall); the routes part comes from the RIB.  ``ri_targets`` reads every routing instance's route-target
 config for the RIB.  Nothing here writes or waits.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from typing import Any
 
+from tungsten.api.hooks import MULTI_VALUE_TAG_TYPES, PREDEFINED_TAG_TYPES, PROTOCOL_IDS
 from tungsten.api.objdb import Obj, ObjectDB
 from tungsten.control.protocol import NetworkConfig, PortConfig, SecurityGroupConfig, View
 from tungsten.control.rib import RiTargets
 
 CONFIG_COLLECTIONS = ("ports", "networks", "security_groups")
 SG_ACLS = ("ingress-access-control-list", "egress-access-control-list")
+FIREWALL = "firewall"  # left out of a view while empty (older agents never see it)
+DEFAULT_APS = "default-application-policy-set"
+GLOBAL_POLICY_MANAGEMENT = ["default-policy-management"]
+ANY_PORT = {"start_port": 0, "end_port": 65535}
 
 
 def joined(fq_name: list[str]) -> str:
@@ -96,19 +102,71 @@ def network_subnets(vn: Obj) -> list[dict[str, Any]]:
     return out
 
 
-def _tag_ids(db: ObjectDB, obj: Obj) -> list[int]:
-    out: list[int] = []
-    for u in _ref_uuids(obj, "tag_refs"):
-        tag = db.objs.get(u)
-        raw = tag.props.get("tag_id") if tag is not None else None
-        if isinstance(raw, int):
-            out.append(raw)
-        elif isinstance(raw, str):
-            try:
-                out.append(int(raw, 0))
-            except ValueError:
-                continue
-    return sorted(out)
+def _tag_id(tag: Obj | None) -> int | None:
+    raw = tag.props.get("tag_id") if tag is not None else None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return int(raw, 0)
+        except ValueError:
+            return None
+    return None
+
+
+def _tag_type(tag: Obj) -> str:
+    name = tag.props.get("tag_type_name")
+    if isinstance(name, str) and name:
+        return name.lower()
+    tid = _tag_id(tag)
+    kind = (tid >> 16) if tid is not None else -1
+    return PREDEFINED_TAG_TYPES[kind] if 0 <= kind < len(PREDEFINED_TAG_TYPES) else str(kind)
+
+
+def _project_of(db: ObjectDB, vmi: Obj, vn: Obj | None) -> Obj | None:
+    """The port's project: its parent, else (a port under a VM) its network's."""
+    for o in (vmi, vn):
+        if o is not None and o.parent_type == "project" and o.parent_uuid:
+            return db.objs.get(o.parent_uuid)
+    return None
+
+
+def port_tags(db: ObjectDB, uuid: str) -> tuple[list[Obj], set[str]]:
+    """A port's effective tags and the uuids they were read from.
+
+    Tags are inherited project -> network -> VM -> port: a tag type set on a nearer object
+    replaces the inherited value, except the multi-valued types (labels), which add up.
+    """
+    vmi = db.objs.get(uuid)
+    if vmi is None or vmi.type != "virtual-machine-interface":
+        return [], set()
+    vns = _ref_uuids(vmi, "virtual_network_refs")
+    vn = db.objs.get(vns[0]) if vns else None
+    layers = [_project_of(db, vmi, vn), vn,
+              *(db.objs.get(u) for u in _ref_uuids(vmi, "virtual_machine_refs")), vmi]
+    by_type: dict[str, list[Obj]] = {}
+    read: set[str] = set()
+    for owner in layers:
+        if owner is None:
+            continue
+        read.add(owner.uuid)
+        own: dict[str, list[Obj]] = {}
+        for u in _ref_uuids(owner, "tag_refs"):
+            read.add(u)
+            tag = db.objs.get(u)
+            if tag is not None and tag.type == "tag" and _tag_id(tag) is not None:
+                own.setdefault(_tag_type(tag), []).append(tag)
+        for kind, tags in own.items():
+            if kind in MULTI_VALUE_TAG_TYPES:
+                by_type.setdefault(kind, []).extend(tags)
+            else:
+                by_type[kind] = tags
+    seen: dict[str, Obj] = {t.uuid: t for tags in by_type.values() for t in tags}
+    return list(seen.values()), read
+
+
+def _tag_ids(tags: list[Obj]) -> list[int]:
+    return sorted({tid for t in tags if (tid := _tag_id(t)) is not None})
 
 
 def _sg_ids(db: ObjectDB, vmi: Obj) -> list[int]:
@@ -137,7 +195,7 @@ def port_config(db: ObjectDB, uuid: str) -> PortConfig | None:
         mac=macs[0] if macs else "",
         ips=_port_ips(db, vmi, vn),
         sgs=_sg_ids(db, vmi),
-        tags=_tag_ids(db, vmi),
+        tags=_tag_ids(port_tags(db, uuid)[0]),
         enabled=bool((vmi.props.get("id_perms") or {}).get("enable", True)),
     )
 
