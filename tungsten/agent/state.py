@@ -36,7 +36,8 @@ def host_prefix(address: str) -> str:
 
 
 def merge_views(primary: View | None, others: Iterable[View]) -> View:
-    """Config (ports, networks, security groups) from the primary session; routes from all.
+    """Config (ports, networks, security groups, firewall) from the primary session; routes
+    from all.
 
     Route keys carry the origin (instance, prefix, next hop, port), so the union of two control
     nodes' routes holds each route once.
@@ -47,7 +48,8 @@ def merge_views(primary: View | None, others: Iterable[View]) -> View:
     base = primary or {}
     routes.update(base.get("routes", {}))
     # The config collections are shared, not copied: the merged view is read-only.
-    merged: View = {c: base.get(c, {}) for c in ("ports", "networks", "security_groups")}
+    merged: View = {c: base.get(c, {})
+                    for c in ("ports", "networks", "security_groups", "firewall")}
     merged["routes"] = routes
     return merged
 
@@ -121,7 +123,7 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
         )
     sgs = {int(sg["id"]): sg for sg in view.get("security_groups", {}).values()}
     return DatapathState(node=node, underlay_ip=underlay_ip, ports=ports, vrfs=vrfs,
-                         security_groups=sgs)
+                         security_groups=sgs, firewall=dict(view.get("firewall") or {}))
 
 
 def _importers(nets: Mapping[str, Any], net_ids: list[str]) -> dict[str, list[str]]:

@@ -239,6 +239,14 @@ class ControlNode:
                     self._touch(ref["uuid"])
         elif obj.type == "access-control-list":
             self._touch(obj.parent_uuid)
+        elif obj.type == "application-policy-set":
+            # a new set is read by no session yet: it reaches the ports through the
+            # application tag it names, or (a default set) through its project
+            self._touch(obj.uuid)
+            self._touch(obj.parent_uuid)
+            for o in (old, new):
+                for ref in (o.refs.get("tag_refs", []) if o else []):
+                    self._touch(ref["uuid"])
         else:
             self._touch(obj.uuid)
 

@@ -30,6 +30,9 @@ without ``session``).  Collections (values are plain JSON, see the TypedDicts be
     networks         VN uuid      -> NetworkConfig   networks of those ports
     routes           route key    -> Route           every route those networks import
     security_groups  SG id (str)  -> SecurityGroupConfig   SGs of the node's ports
+    firewall         APS uuid     -> PolicySetConfig  application-policy-sets that apply to
+                                  the node's ports (by application tag, plus the defaults);
+                                  left out while empty, ignored by agents that don't know it
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any, TypedDict
 import orjson
 
 STREAM_PATH = "/control/v1/stream"
-COLLECTIONS = ("ports", "networks", "routes", "security_groups")
+COLLECTIONS = ("ports", "networks", "routes", "security_groups", "firewall")
 
 HELLO = "hello"
 SUBSCRIBE = "subscribe"
@@ -92,6 +95,25 @@ class SecurityGroupConfig(TypedDict):
     id: int
     ingress: list[dict[str, Any]]
     egress: list[dict[str, Any]]
+
+
+class FirewallPolicyConfig(TypedDict):
+    uuid: str
+    name: str  # fq_name joined by ':'
+    sequence: str  # from the set -> policy ref
+    # firewall rules in sequence order: {"uuid", "name", "sequence", "action_list",
+    # "direction", "service" | "service_groups", "endpoint_1", "endpoint_2", "match_tag_types"}
+    rules: list[dict[str, Any]]
+
+
+class PolicySetConfig(TypedDict):
+    """An application-policy-set with its firewall policies and rules resolved."""
+
+    uuid: str
+    name: str  # fq_name joined by ':'
+    application_tag: int | None  # tag id of the application it applies to
+    all_applications: bool  # a default set: applies to every port, after the others
+    policies: list[FirewallPolicyConfig]  # in sequence order
 
 
 def route_key(route: Route) -> str:

@@ -1,8 +1,8 @@
 """What one node needs to know, read from the config index: pure functions over ``ObjectDB``.
 
 ``config_view`` gives the config part of an agent's View (ports, networks, security groups,
-firewall); the routes part comes from the RIB.  ``ri_targets`` reads every routing instance's route-target
-config for the RIB.  Nothing here writes or waits.
+firewall); the routes part comes from the RIB.  ``ri_targets`` reads every routing instance's
+route-target config for the RIB.  Nothing here writes or waits.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from typing import Any
 
 from tungsten.api.hooks import MULTI_VALUE_TAG_TYPES, PREDEFINED_TAG_TYPES, PROTOCOL_IDS
 from tungsten.api.objdb import Obj, ObjectDB
-from tungsten.control.protocol import NetworkConfig, PortConfig, SecurityGroupConfig, View
+from tungsten.control.protocol import (
+    FirewallPolicyConfig,
+    NetworkConfig,
+    PolicySetConfig,
+    PortConfig,
+    SecurityGroupConfig,
+    View,
+)
 from tungsten.control.rib import RiTargets
 
 CONFIG_COLLECTIONS = ("ports", "networks", "security_groups")
@@ -243,6 +250,133 @@ def _is_local(addresses: Any) -> bool:
                for a in addresses or [])
 
 
+def _sequence_key(seq: str, uuid: str) -> tuple[int, float, str, str]:
+    """Sequences are numbers written as strings ("1", "1.5"): order them as numbers, so a
+    rule can be slotted between two others; anything else goes last, by text."""
+    try:
+        n = float(seq)
+    except ValueError:
+        n = math.nan
+    if math.isfinite(n):
+        return (0, n, seq, uuid)
+    return (1, 0.0, seq, uuid)
+
+
+def _coll(obj: Obj, name: str, wrapper: str) -> list[Any]:
+    """A list property's elements: kept in ``colls`` by the API, else as a wrapped prop."""
+    if name in obj.colls:
+        return [e for _, e in obj.colls[name]]
+    return list((obj.props.get(name) or {}).get(wrapper) or [])
+
+
+def _protocol_id(service: dict[str, Any]) -> int | None:
+    pid = service.get("protocol_id")
+    if isinstance(pid, int):
+        return pid
+    proto = str(service.get("protocol") or "any").lower()
+    return int(proto) if proto.isdigit() else PROTOCOL_IDS.get(proto)
+
+
+def _service(raw: dict[str, Any]) -> dict[str, Any]:
+    """A service with its protocol number (null if unknown) and both port ranges."""
+    return {"protocol_id": _protocol_id(raw),
+            "src_ports": raw.get("src_ports") or dict(ANY_PORT),
+            "dst_ports": raw.get("dst_ports") or dict(ANY_PORT)}
+
+
+def _endpoint(db: ObjectDB, rule: Obj, name: str, deps: set[str]) -> dict[str, Any]:
+    """An endpoint as stored, its address group (named as the API resolved it, among the
+    rule's address_group_refs) expanded to ``address_group_prefixes``."""
+    ep = dict(rule.props.get(name) or {})
+    group = ep.get("address_group")
+    if group:
+        fq = str(group).split(":")
+        wanted = (fq, [*rule.fq_name[:-1], fq[-1]])
+        prefixes: list[str] = []
+        for u in _ref_uuids(rule, "address_group_refs"):
+            deps.add(u)
+            ag = db.objs.get(u)
+            if ag is not None and ag.fq_name in wanted:
+                prefixes = [f"{s['ip_prefix']}/{s['ip_prefix_len']}"
+                            for s in _coll(ag, "address_group_prefix", "subnet")
+                            if s.get("ip_prefix") is not None
+                            and s.get("ip_prefix_len") is not None]
+                break
+        ep["address_group_prefixes"] = prefixes
+    return ep
+
+
+def _rule_config(db: ObjectDB, rule: Obj, seq: str, deps: set[str]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "uuid": rule.uuid, "name": joined(rule.fq_name), "sequence": seq,
+        "action_list": rule.props.get("action_list"),
+        "direction": rule.props.get("direction"),
+    }
+    groups = _ref_uuids(rule, "service_group_refs")
+    if groups:
+        services: list[dict[str, Any]] = []
+        for u in groups:
+            deps.add(u)
+            sg = db.objs.get(u)
+            if sg is not None:
+                services += [_service(s) for s in
+                             _coll(sg, "service_group_firewall_service_list", "firewall_service")]
+        entry["service_groups"] = services
+    else:
+        raw = rule.props.get("service") or {}
+        entry["service"] = {**raw, **_service(raw)}
+    entry["endpoint_1"] = _endpoint(db, rule, "endpoint_1", deps)
+    entry["endpoint_2"] = _endpoint(db, rule, "endpoint_2", deps)
+    entry["match_tag_types"] = list((rule.props.get("match_tag_types") or {}).get("tag_type")
+                                    or [])
+    return entry
+
+
+def _ordered(db: ObjectDB, owner: Obj, field: str, rtype: str,
+             deps: set[str]) -> list[tuple[str, Obj]]:
+    """(sequence, target) of an owner's sequenced refs that exist, in sequence order."""
+    out: list[tuple[str, Obj]] = []
+    for ref in owner.refs.get(field, []):
+        deps.add(ref["uuid"])
+        target = db.objs.get(ref["uuid"])
+        if target is not None and target.type == rtype:
+            out.append((str((ref.get("attr") or {}).get("sequence") or ""), target))
+    out.sort(key=lambda st: _sequence_key(st[0], st[1].uuid))
+    return out
+
+
+def aps_config(db: ObjectDB, uuid: str) -> tuple[PolicySetConfig | None, set[str]]:
+    """An application-policy-set with its policies and their rules resolved, in order; and
+    the uuids it was read from."""
+    deps = {uuid}
+    aps = db.objs.get(uuid)
+    if aps is None or aps.type != "application-policy-set":
+        return None, deps
+    app_tag: int | None = None
+    for u in _ref_uuids(aps, "tag_refs"):
+        deps.add(u)
+        tag = db.objs.get(u)
+        if tag is not None and _tag_type(tag) == "application":
+            app_tag = _tag_id(tag)
+            break
+    policies: list[FirewallPolicyConfig] = []
+    for pseq, pol in _ordered(db, aps, "firewall_policy_refs", "firewall-policy", deps):
+        rules = [_rule_config(db, rule, rseq, deps) for rseq, rule in
+                 _ordered(db, pol, "firewall_rule_refs", "firewall-rule", deps)]
+        policies.append(FirewallPolicyConfig(uuid=pol.uuid, name=joined(pol.fq_name),
+                                             sequence=pseq, rules=rules))
+    entry = PolicySetConfig(uuid=uuid, name=joined(aps.fq_name), application_tag=app_tag,
+                            all_applications=bool(aps.props.get("all_applications")),
+                            policies=policies)
+    return entry, deps
+
+
+def tag_sets(db: ObjectDB, tag: str) -> list[str]:
+    """The application-policy-sets that refer to a tag."""
+    return [u for u in db.back.get(tag, {})
+            if (o := db.objs.get(u)) is not None and o.type == "application-policy-set"]
+
+
 def config_view(db: ObjectDB, ports: set[str] | frozenset[str],
                 memo: dict[str, Any] | None = None) -> tuple[View, set[str]]:
     """The config collections a node with these ports needs, and the uuids of every object
@@ -255,15 +389,33 @@ def config_view(db: ObjectDB, ports: set[str] | frozenset[str],
             cache[uuid] = fn(db, uuid)
         return cache[uuid]
 
+    def cached_as(kind: str, uuid: str, fn: Any) -> Any:
+        key = f"{kind}/{uuid}"  # a second result for the same uuid: keyed apart
+        if key not in cache:
+            cache[key] = fn(db, uuid)
+        return cache[key]
+
     view: View = {c: {} for c in CONFIG_COLLECTIONS}
     deps: set[str] = set(ports)
+    firewall: dict[str, Any] = {}
+
+    def add_aps(uuid: str, app_tags: set[int] | None = None) -> None:
+        if uuid in firewall:
+            return
+        entry, read = cached_as("aps", uuid, aps_config)
+        deps.update(read)
+        # a tag-selected set applies only through its own application tag
+        if entry is not None and (app_tags is None or entry["application_tag"] in app_tags):
+            firewall[uuid] = entry
+
     for uuid in ports:
         port = cached(uuid, port_config)
         if port is None:
             continue
         view["ports"][uuid] = port
         vmi = db.objs[uuid]
-        deps.update(_ref_uuids(vmi, "tag_refs"))
+        tags, read = cached_as("tags", uuid, port_tags)
+        deps.update(read)
         if port["network"] not in view["networks"]:
             net = cached(port["network"], network_config)
             if net is not None:
@@ -274,6 +426,25 @@ def config_view(db: ObjectDB, ports: set[str] | frozenset[str],
             sg = cached(sg_uuid, sg_config)
             if sg is not None:
                 view["security_groups"][str(sg["id"])] = sg
+        for tag in tags:
+            if _tag_type(tag) == "application":
+                # a tag's referrers include every port carrying it: looked at once per flush
+                for aps in cached_as("sets", tag.uuid, tag_sets):
+                    add_aps(aps, set(port["tags"]))
+        project = _project_of(db, vmi, db.objs.get(port["network"]))
+        if project is not None:
+            deps.add(project.uuid)  # a default set created later touches its project
+            if (u := db.lookup("application-policy-set", [*project.fq_name, DEFAULT_APS])):
+                add_aps(u)
+    if view["ports"]:
+        pm = db.lookup("policy-management", GLOBAL_POLICY_MANAGEMENT)
+        if pm is not None:
+            deps.add(pm)
+            if (u := db.lookup("application-policy-set", [*GLOBAL_POLICY_MANAGEMENT,
+                                                          DEFAULT_APS])):
+                add_aps(u)
+    if firewall:
+        view[FIREWALL] = firewall
     return view, deps
 
 

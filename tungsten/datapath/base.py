@@ -57,6 +57,9 @@ class DatapathState:
     ports: dict[str, LocalPort] = field(default_factory=dict)
     vrfs: dict[str, Vrf] = field(default_factory=dict)  # VN uuid -> Vrf
     security_groups: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # application-policy-sets that apply to this node's ports, by uuid (the view's
+    # ``firewall`` collection); carried for enforcement, not yet enforced
+    firewall: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
