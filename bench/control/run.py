@@ -124,7 +124,9 @@ def plot(results: list[dict[str, Any]], title: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['agents']} agents\n× {r['ports'] // r['agents']} ports" for r in results]
+    labels = [f"{r['agents']} agents\n× {r['ports'] // r['agents']} ports"
+              + (f"\n{r['networks_per_agent']} nets/agent" if r["networks_per_agent"] > 1 else "")
+              for r in results]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     series = [
         ("converge after last create (s)", [r["converge_s"] for r in results],
@@ -163,8 +165,10 @@ def docs_section(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         rss = r["agent_rss_mb"]
+        spread = r["networks_per_agent"]
+        per_agent = f", {spread} per agent" if spread > 1 else ""
         lines.append(
-            f"| {r['agents']} × {r['ports'] // r['agents']} ({r['networks']}) | "
+            f"| {r['agents']} × {r['ports'] // r['agents']} ({r['networks']}{per_agent}) | "
             f"{r['routes_expected']:,} | {r['create_s']} | **{r['converge_s']}** | "
             f"{r['routes_per_s']:,.0f} | {r.get('policy_change_s', '–')} | "
             f"{r['controller_rss_mb']} | {max(rss)} |")
@@ -194,8 +198,8 @@ def docs_section(report: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scales", default="100x20,200x50,500x20",
-                   help="comma-separated AGENTSxPORTS")
+    p.add_argument("--scales", default="100x20,200x50,500x20,200x50/4",
+                   help="comma-separated AGENTSxPORTS[/NETWORKS_PER_AGENT]")
     p.add_argument("--networks", type=int, default=20)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--docs", action="store_true", help="refresh docs/performance.md")
@@ -207,8 +211,11 @@ def main() -> None:
     networks = 2 if args.quick else args.networks
     results = []
     for scale in scales.split(","):
-        agents, ports = (int(x) for x in scale.lower().split("x"))
-        results.append(run_scale(agents, ports, networks, args.sim_arg))
+        size, _, spread = scale.lower().partition("/")  # "200x50/4": 4 networks per agent
+        agents, ports = (int(x) for x in size.split("x"))
+        extra = [*args.sim_arg, "--networks-per-agent", spread] if spread else args.sim_arg
+        results.append(run_scale(agents, ports, networks, extra))
+        results[-1]["scale"] = scale
         r = results[-1]
         say(f"{scale}: converge {r['converge_s']} s, policy {r.get('policy_change_s')} s")
     command = ".venv/bin/python bench/control/run.py" + (" --quick" if args.quick else "")
