@@ -295,23 +295,47 @@ async def _drive(plan: SimPlan, tmp: Path, url: str, ctl: asyncio.subprocess.Pro
         return result
 
 
+def _port_rule(port: int) -> dict[str, Any]:
+    return {"direction": "<>", "protocol": "tcp", "action_list": {"simple_action": "pass"},
+            "src_addresses": [{"virtual_network": "any"}],
+            "src_ports": [{"start_port": -1, "end_port": -1}],
+            "dst_addresses": [{"virtual_network": "any"}],
+            "dst_ports": [{"start_port": port, "end_port": port}]}
+
+
+async def _wait_rule(hosts: list[Proc], rule_uuid: str, deadline: float) -> None:
+    while True:
+        acl: dict[str, bool] = {}
+        for h in hosts:
+            acl.update((await h.call({"op": "status", "rule": rule_uuid}))["acl"])
+        if all(acl.values()):
+            return
+        if time.monotonic() > deadline:
+            missing = sum(1 for v in acl.values() if not v)
+            raise SimError(f"policy change: {missing} agents never got rule {rule_uuid}")
+        await asyncio.sleep(0.01)
+
+
 async def _policy_change(hosts: list[Proc], base: str, vns: list[str],
                          post: Callable[[str, dict[str, Any]], Any],
                          deadline: float) -> float:
-    """Attach a policy to every network and time it until every agent holds its rule."""
-    rule = {"direction": "<>", "protocol": "tcp", "action_list": {"simple_action": "pass"},
-            "src_addresses": [{"virtual_network": "any"}], "src_ports": [
-                {"start_port": -1, "end_port": -1}],
-            "dst_addresses": [{"virtual_network": "any"}],
-            "dst_ports": [{"start_port": 8080, "end_port": 8080}]}
-    t0 = time.monotonic()
+    """Time one policy update until every agent holds the new rule in its networks' ACLs.
+
+    Setup (not timed): a policy with one rule, attached to every network, and every agent
+    holding that rule.  Timed: one PUT adding a second rule to the policy, through the
+    transformer (new ACLs) and the control node (deltas) into every agent's datapath state."""
     policy = await post("network-policy", {
         "fq_name": [*PROJECT, "sim-policy"], "parent_type": "project",
-        "network_policy_entries": {"policy_rule": [rule]}})
+        "network_policy_entries": {"policy_rule": [_port_rule(8080)]}})
+    url = f"{base}/network-policy/{policy['uuid']}"
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{base}/network-policy/{policy['uuid']}") as r:
-            body = orjson.loads(await r.read())["network-policy"]
-        rule_uuid = body["network_policy_entries"]["policy_rule"][0]["rule_uuid"]
+        async def rules() -> list[dict[str, Any]]:
+            async with http.get(url) as r:
+                body = orjson.loads(await r.read())["network-policy"]
+            out: list[dict[str, Any]] = body["network_policy_entries"]["policy_rule"]
+            return out
+
+        first = await rules()
         for vn in vns:
             async with http.post(f"{base}/ref-update", json={
                 "type": "virtual-network", "uuid": vn, "ref-type": "network-policy",
@@ -319,13 +343,12 @@ async def _policy_change(hosts: list[Proc], base: str, vns: list[str],
                 "attr": {"sequence": {"major": 0, "minor": 0}}}) as r:
                 if r.status != 200:
                     raise SimError(f"attaching the policy: {r.status} {await r.text()}")
-    while True:
-        acl = {}
-        for h in hosts:
-            acl.update((await h.call({"op": "status", "rule": rule_uuid}))["acl"])
-        if all(acl.values()):
-            return round(time.monotonic() - t0, 3)
-        if time.monotonic() > deadline:
-            missing = sum(1 for v in acl.values() if not v)
-            raise SimError(f"policy change: {missing} agents never got the rule")
-        await asyncio.sleep(0.02)
+        await _wait_rule(hosts, first[0]["rule_uuid"], deadline)
+        t0 = time.monotonic()
+        async with http.put(url, json={"network-policy": {"network_policy_entries": {
+                "policy_rule": [*first, _port_rule(8443)]}}}) as r:
+            if r.status != 200:
+                raise SimError(f"updating the policy: {r.status} {await r.text()}")
+        added = (await rules())[-1]["rule_uuid"]
+        await _wait_rule(hosts, added, deadline)
+        return round(time.monotonic() - t0, 3)
