@@ -9,12 +9,15 @@ import ipaddress
 import json
 import signal
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tungsten.cli.common import env_names, fail, setup_logging
+from tungsten.datapath.base import Datapath, DatapathState
 
 
 def default_state_dir() -> Path:
@@ -52,8 +55,14 @@ def agent() -> None:
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
               envvar=env_names("AGENT_STATE_DIR"),
               help="Where the agent keeps its port registry [default: <state dir>/agent].")
-@click.option("--datapath", type=click.Choice(["sim"]), default="sim", show_default=True,
-              help="Forwarding backend.")
+@click.option("--datapath", type=click.Choice(["sim", "linux"]), default="sim",
+              show_default=True,
+              help="Forwarding backend: sim (in memory) or linux (the kernel, via netlink).")
+@click.option("--netns", default=None, envvar=env_names("AGENT_NETNS"),
+              help="With --datapath linux: the network namespace to program (the agent "
+                   "itself stays in its own) [default: the agent's namespace].")
+@click.option("--underlay-if", "underlay_if", default=None, envvar=env_names("UNDERLAY_IF"),
+              help="With --datapath linux: the underlay interface (VXLAN devices ride on it).")
 @click.option("--mtu", type=click.IntRange(1280, 65535), default=1500, show_default=True,
               help="Underlay MTU (ports get it minus the VXLAN overhead).")
 @click.option("--stale-time", type=click.FloatRange(0, 3600), default=15.0, show_default=True,
@@ -62,8 +71,9 @@ def agent() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, envvar=env_names("LOG_LEVEL"))
 def run(node: str, underlay_ip: str, controls: tuple[str, ...], api_url: str | None,
-        socket_path: Path | None, state_dir: Path | None, datapath: str, mtu: int,
-        stale_time: float, log_level: str) -> None:
+        socket_path: Path | None, state_dir: Path | None, datapath: str,
+        netns: str | None, underlay_if: str | None, mtu: int, stale_time: float,
+        log_level: str) -> None:
     """Run the agent in the foreground; SIGTERM stops it without flushing the datapath."""
     setup_logging(log_level)
     try:
@@ -73,22 +83,63 @@ def run(node: str, underlay_ip: str, controls: tuple[str, ...], api_url: str | N
     for url in (*controls, *([api_url] if api_url else [])):
         if not url.startswith(("http://", "https://")):
             fail(f"{url!r} is not a URL: give e.g. http://127.0.0.1:8082")
+    if datapath == "linux" and not underlay_if:
+        fail("--datapath linux needs --underlay-if IFNAME (the underlay interface)")
+    if datapath == "sim" and (netns or underlay_if):
+        fail("--netns and --underlay-if go with --datapath linux")
     sdir = state_dir or default_state_dir()
     sock = socket_path or sdir / "agent.sock"
     try:
         sdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create the state directory {sdir}: {e.strerror}")
-    asyncio.run(_run(node, underlay_ip, list(controls), api_url, sock, sdir, mtu, stale_time))
+    asyncio.run(_run(node, underlay_ip, list(controls), api_url, sock, sdir, mtu, stale_time,
+                     datapath, netns, underlay_if))
+
+
+class _OwnThread(Datapath):
+    """A datapath whose calls run in one worker thread of its own: pyroute2's synchronous
+    API runs an event loop of its own and refuses to run inside the agent's.  Calls still
+    block the caller, as a direct call would (the agent applies one state at a time)."""
+
+    def __init__(self, make: Callable[[], Datapath]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
+        self._inner = self._pool.submit(make).result()
+        self.name = self._inner.name
+
+    def apply(self, state: DatapathState) -> None:
+        self._pool.submit(self._inner.apply, state).result()
+
+    def current(self) -> DatapathState | None:
+        return self._inner.current()
+
+    def close(self) -> None:
+        self._pool.submit(self._inner.close).result()
+        self._pool.shutdown()
+
+
+def _datapath(kind: str, netns: str | None, underlay_if: str | None,
+              underlay_ip: str) -> Datapath:
+    if kind == "linux":
+        from tungsten.datapath.linux import LinuxDatapath
+
+        assert underlay_if is not None
+        try:
+            return _OwnThread(lambda: LinuxDatapath(netns, underlay_if, underlay_ip))
+        except Exception as e:  # pyroute2 raises its own errors for a missing netns
+            fail(f"cannot open the linux datapath (netns {netns or '-'}): {e}")
+    from tungsten.datapath.sim import SimDatapath, SimFabric
+
+    return SimDatapath(SimFabric())
 
 
 async def _run(node: str, underlay_ip: str, controls: list[str], api_url: str | None,
-               sock: Path, sdir: Path, mtu: int, stale_time: float) -> None:
+               sock: Path, sdir: Path, mtu: int, stale_time: float, kind: str = "sim",
+               netns: str | None = None, underlay_if: str | None = None) -> None:
     from tungsten.agent.agent import Agent
     from tungsten.agent.localapi import serve_unix
-    from tungsten.datapath.sim import SimDatapath, SimFabric
 
-    dp = SimDatapath(SimFabric())
+    dp = _datapath(kind, netns, underlay_if, underlay_ip)
     ag = Agent(node, underlay_ip, controls, dp, api_url=api_url, state_dir=sdir, mtu=mtu,
                stale_time=stale_time)
     try:

@@ -9,6 +9,10 @@ their rules, routes and proxy ARP.
 ``apply`` dumps what is ours, diffs it against the plan and applies the difference: applying
 the same state twice changes nothing, and a new ``LinuxDatapath`` over a running namespace
 adopts what is there (it removes only what the new state no longer wants).
+
+The networks' ACLs and conntrack zones live in one nftables table (``inet <nft_table>``,
+``acl.py``), converged after the netlink objects in one nft transaction; ``last_nft`` holds
+the commands of the last apply (empty: nothing changed).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from tungsten.datapath.base import Datapath, DatapathState
+from tungsten.datapath.linux import acl
 from tungsten.datapath.linux.netlink import Netlink
 from tungsten.datapath.linux.plan import Change, KernelObjects, Owner, desired, diff
 
@@ -26,13 +31,15 @@ class LinuxDatapath(Datapath):
     def __init__(self, netns: str | None, underlay_ifname: str, underlay_ip: str,
                  prefix: str = "tg", *, table_base: int = Owner.table_base,
                  rule_priority: int = Owner.rule_priority,
-                 rt_proto: int = Owner.rt_proto) -> None:
+                 rt_proto: int = Owner.rt_proto, nft_table: str = acl.DEFAULT_TABLE) -> None:
         self.netns = netns
         self.underlay_ifname = underlay_ifname
         self.underlay_ip = underlay_ip
         self.owner = Owner(prefix=prefix, table_base=table_base, rule_priority=rule_priority,
                            rt_proto=rt_proto)
         self._nl = Netlink(netns, self.owner)
+        self._nft = acl.Nft(netns, nft_table)
+        self.last_nft: list[dict[str, object]] = []  # nft commands of the last apply
         self._state: DatapathState | None = None
         self.last_changes: list[Change] = []  # what the last apply did (empty: nothing)
         self.missing_ports: tuple[str, ...] = ()  # port uuids whose device is not there yet
@@ -55,8 +62,14 @@ class LinuxDatapath(Datapath):
         _, changes = self.plan(state)
         self._nl.apply(changes)
         self.last_changes = changes
+        self.last_nft = self._nft.converge(self.acl_plan(state))
         ports = {u: lp for u, lp in state.ports.items() if u not in self.missing_ports}
         self._state = dataclasses.replace(state, ports=ports)
+
+    def acl_plan(self, state: DatapathState) -> acl.Ruleset | None:
+        """The nftables table ``state`` needs (pure)."""
+        devices = {v.vni: self.owner.vxlan_name(v.vni) for v in state.vrfs.values()}
+        return acl.ruleset(state, self._nft.table, devices)
 
     def current(self) -> DatapathState | None:
         """The last applied state, without ports whose device was missing then."""
