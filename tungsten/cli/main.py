@@ -7,6 +7,7 @@ import click
 from tungsten import __version__
 from tungsten.cli.agent import agent, trace
 from tungsten.cli.controller import controller
+from tungsten.cli.demo import demo
 from tungsten.cli.lab import lab
 from tungsten.cli.sim import sim
 from tungsten.cli.store import store
@@ -22,6 +23,7 @@ def cli() -> None:
 cli.add_command(agent)
 cli.add_command(trace)
 cli.add_command(controller)
+cli.add_command(demo)
 cli.add_command(lab)
 cli.add_command(sim)
 cli.add_command(store)
