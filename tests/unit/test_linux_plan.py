@@ -81,6 +81,20 @@ def test_remote_route_is_onlink_with_neighbour_and_fdb() -> None:
     assert list(objs.fdbs.values()) == [Fdb("tgvx4101", rmac, "192.0.2.2")]
 
 
+def test_leaked_route_from_a_network_without_port_here_gets_a_send_only_device() -> None:
+    # a policy leaks 203.0.113.5 of VNI 4102 into net-a; no port of 4102 lives on this node
+    leaked = NextHop(kind="remote", vtep="192.0.2.2", vni=4102, mac="02:00:00:00:00:03")
+    objs = plan(state({"203.0.113.5/32": (leaked,)}))
+    t2 = OWNER.table_base + 4102
+    assert objs.routes[(AF_INET, T, "203.0.113.5/32")].hops == (Hop("tgvx4102", "192.0.2.2"),)
+    assert objs.links["tgvx4102"].vni == 4102
+    assert Fdb("tgvx4102", router_mac("192.0.2.2"), "192.0.2.2") in objs.fdbs.values()
+    # what arrives on it can go nowhere: its table holds only an unreachable default
+    assert Rule(AF_INET, "tgvx4102", t2, 1000) in objs.rules.values()
+    assert [k for k in objs.routes if k[1] == t2] == [(AF_INET, t2, "0.0.0.0/0")]
+    assert objs.routes[(AF_INET, t2, "0.0.0.0/0")].kind == "unreachable"
+
+
 def test_ecmp_is_one_multipath_route() -> None:
     objs = plan(state({"203.0.113.0/24": (remote("192.0.2.3"), remote("192.0.2.2"))}))
     r = objs.routes[(AF_INET, T, "203.0.113.0/24")]

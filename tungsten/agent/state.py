@@ -94,7 +94,10 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
         for ip in p.ips:
             tables[p.network].setdefault(host_prefix(ip), set()).add(nh)
 
+    names = {int(c["vni"]): str(c["name"]) for c in nets.values()}
     for r in view.get("routes", {}).values():
+        if r.get("network"):  # a leaked network with no port here: its name, for ACLs
+            names.setdefault(int(r["vni"]), str(r["network"]))
         targets = importers.get(r["ri"])
         if targets is None:
             targets = open_nets  # leaked from a network with no port here
@@ -123,7 +126,8 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
         )
     sgs = {int(sg["id"]): sg for sg in view.get("security_groups", {}).values()}
     return DatapathState(node=node, underlay_ip=underlay_ip, ports=ports, vrfs=vrfs,
-                         security_groups=sgs, firewall=dict(view.get("firewall") or {}))
+                         security_groups=sgs, firewall=dict(view.get("firewall") or {}),
+                         network_names=names)
 
 
 def _importers(nets: Mapping[str, Any], net_ids: list[str]) -> dict[str, list[str]]:
@@ -159,7 +163,7 @@ def originated_routes(node: str, underlay_ip: str, view: View,
         for ip in p.ips:
             r = Route(ri=net["ri"], prefix=host_prefix(ip), mac=p.mac, nexthop=underlay_ip,
                       vni=int(net["vni"]), encap="vxlan", port=p.uuid, node=node,
-                      sgs=list(p.sgs), tags=list(p.tags))
+                      sgs=list(p.sgs), tags=list(p.tags), network=str(net["name"]))
             out[route_key(r)] = r
     return out
 

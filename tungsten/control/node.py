@@ -557,4 +557,6 @@ def _route(raw: Any) -> Route:
         "node": str(raw.get("node") or ""), "sgs": list(raw.get("sgs") or []),
         "tags": list(raw.get("tags") or []),
     }
+    if isinstance(raw.get("network"), str):
+        route["network"] = raw["network"]  # the source network's name, kept through imports
     return route

@@ -37,7 +37,7 @@ without ``session``).  Collections (values are plain JSON, see the TypedDicts be
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 
@@ -68,6 +68,9 @@ class Route(TypedDict):
     node: str  # the originating node's name
     sgs: list[int]  # security group ids of the port
     tags: list[int]  # tag ids of the port
+    # the source network's name (fq_name joined by ':'); unlike ``ri`` it stays the same when
+    # the route is imported into another instance, so a node can name a leaked network
+    network: NotRequired[str]
 
 
 class PortConfig(TypedDict):

@@ -60,6 +60,9 @@ class DatapathState:
     # application-policy-sets that apply to this node's ports, by uuid (the view's
     # ``firewall`` collection); carried for enforcement, not yet enforced
     firewall: dict[str, Any] = field(default_factory=dict)
+    # VNI -> network name (fq_name joined by ':') of every network whose routes this node
+    # holds, including networks leaked in that have no port here (ACLs name them)
+    network_names: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
         return None
     vrfs = sorted(state.vrfs.values(), key=lambda v: v.vni)
     zones = zones_for(v.vni for v in vrfs)
-    names = {v.vni: v.name for v in vrfs}
+    names = {**state.network_names, **{v.vni: v.name for v in vrfs}}
     ports_of: dict[str, list[str]] = {}
     for p in sorted(state.ports.values(), key=lambda p: p.ifname):
         ports_of.setdefault(p.network, []).append(p.ifname)

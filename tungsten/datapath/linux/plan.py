@@ -275,6 +275,18 @@ def desired(state: DatapathState, owner: Owner, underlay: str, underlay_mtu: int
     for v in vrfs:
         objs.add(VxlanLink(name=owner.vxlan_name(v.vni), vni=v.vni, local=state.underlay_ip,
                            underlay=underlay, mtu=mtu, mac=mac))
+    # Routes leaked from a network with no port here are sent with that network's VNI: the
+    # node needs its device to send, but no VRF.  What arrives on it (nothing should) meets
+    # an unreachable-only table, so it can never be forwarded into another network.
+    own = {v.vni for v in vrfs}
+    foreign = sorted({nh.vni for v in vrfs for nhs in v.routes.values() for nh in nhs
+                      if nh.kind == "remote" and nh.vni is not None and nh.vni not in own})
+    for vni in foreign:
+        dev = owner.vxlan_name(vni)
+        objs.add(VxlanLink(name=dev, vni=vni, local=state.underlay_ip, underlay=underlay,
+                           mtu=mtu, mac=mac))
+        objs.add(Rule(AF_INET, dev, owner.table(vni), owner.rule_priority))
+        objs.add(Route(AF_INET, owner.table(vni), "0.0.0.0/0", kind="unreachable"))
     if vrfs:
         objs.add(Sysctl("ipv4/ip_forward", "1"))
     for v in vrfs:
