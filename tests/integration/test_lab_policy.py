@@ -9,17 +9,18 @@ only; every probe has a bounded timeout and nothing is timed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.integration.labkit import Lab as BaseLab
+from tests.integration.labkit import our_namespaces, our_processes
 
 pytestmark = [
     pytest.mark.root,
@@ -76,50 +77,7 @@ except OSError:
 """
 
 
-def our_namespaces(name: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith(f"tl-{name}-"))
-    except FileNotFoundError:
-        return []
-
-
-def our_processes(labdir: Path) -> list[psutil.Process]:
-    needle = str(labdir) + "/"
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any(needle in part for part in p.info.get("cmdline") or []):
-            out.append(p)
-    return out
-
-
-@dataclass
-class Lab:
-    name: str
-    state_dir: Path
-    file: Path
-
-    @property
-    def labdir(self) -> Path:
-        return self.state_dir / "labs" / self.name
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "TUNGSTEN_STATE_DIR": str(self.state_dir)}
-
-    def cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "tungsten", "lab", *args]
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cmd(*args), env=self.env, capture_output=True, text=True,
-                              timeout=300, check=False)
-
-    def exec(self, workload: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-        return self.run("exec", "--lab", self.name, workload, "--", *cmd)
-
-    def ping(self, src: str, dst_ip: str) -> bool:
-        r = self.exec(src, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", dst_ip)
-        return r.returncode == 0
-
+class Lab(BaseLab):
     def tcp(self, src: str, dst_ip: str, port: int) -> bool:
         return self.exec(src, sys.executable, "-c", CLIENT, dst_ip, str(port)).returncode == 0
 
@@ -135,11 +93,6 @@ class Lab:
             _, err = p.communicate(timeout=30)
             raise AssertionError(f"server in {workload} did not start: {err}")
         return p
-
-    def ips(self) -> dict[str, str]:
-        r = self.run("status", self.name, "--json")
-        assert r.returncode == 0, r.stderr
-        return {w["name"]: w["ip"].split("/")[0] for w in json.loads(r.stdout)["workloads"]}
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
+
+from tests.integration.labkit import Lab as BaseLab
+from tests.integration.labkit import our_namespaces, our_processes
 
 pytestmark = [
     pytest.mark.root,
@@ -87,22 +88,6 @@ except OSError as e:
 """
 
 
-def our_namespaces(name: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith(f"tl-{name}-"))
-    except FileNotFoundError:
-        return []
-
-
-def our_processes(labdir: Path) -> list[psutil.Process]:
-    needle = str(labdir) + "/"
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any(needle in part for part in p.info.get("cmdline") or []):
-            out.append(p)
-    return out
-
-
 def kill_in_namespaces(name: str) -> None:
     """Kill whatever still runs in the lab's namespaces (e.g. an iperf3 of ours)."""
     for ns in our_namespaces(name):
@@ -120,30 +105,7 @@ def stop(p: subprocess.Popen[str]) -> None:
         p.communicate(timeout=30)
 
 
-@dataclass
-class Lab:
-    name: str
-    state_dir: Path
-    file: Path
-
-    @property
-    def labdir(self) -> Path:
-        return self.state_dir / "labs" / self.name
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "TUNGSTEN_STATE_DIR": str(self.state_dir)}
-
-    def cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "tungsten", "lab", *args]
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cmd(*args), env=self.env, capture_output=True, text=True,
-                              timeout=300, check=False)
-
-    def exec(self, workload: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-        return self.run("exec", "--lab", self.name, workload, "--", *cmd)
-
+class Lab(BaseLab):
     def popen(self, workload: str, *cmd: str) -> subprocess.Popen[str]:
         # `lab exec` execs `ip netns exec`, which execs cmd: the pid is cmd's
         return subprocess.Popen(self.cmd("exec", "--lab", self.name, workload, "--", *cmd),
@@ -170,15 +132,6 @@ class Lab:
             stop(p)
             raise AssertionError(f"client in {workload} did not connect: {line!r}")
         return p
-
-    def status(self) -> dict[str, Any]:
-        r = self.run("status", self.name, "--json")
-        assert r.returncode == 0, r.stderr
-        data: dict[str, Any] = json.loads(r.stdout)
-        return data
-
-    def ips(self) -> dict[str, str]:
-        return {w["name"]: w["ip"].split("/")[0] for w in self.status()["workloads"]}
 
     def process(self, role: str) -> psutil.Process:
         """The lab's process with that role (controller | agent:<node>), from lab.json."""

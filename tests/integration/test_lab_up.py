@@ -13,14 +13,14 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.integration.labkit import Lab, our_namespaces, our_processes
 
 pytestmark = [
     pytest.mark.root,
@@ -43,57 +43,6 @@ workloads:
   - {{name: db1,  node: compute2, network: blue}}
   - {{name: twin, node: compute2, network: green}}
 """
-
-
-def our_namespaces(name: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith(f"tl-{name}-"))
-    except FileNotFoundError:
-        return []
-
-
-def our_processes(labdir: Path) -> list[psutil.Process]:
-    needle = str(labdir) + "/"
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any(needle in part for part in p.info.get("cmdline") or []):
-            out.append(p)
-    return out
-
-
-@dataclass
-class Lab:
-    name: str
-    state_dir: Path
-    file: Path
-
-    @property
-    def labdir(self) -> Path:
-        return self.state_dir / "labs" / self.name
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "TUNGSTEN_STATE_DIR": str(self.state_dir)}
-
-    def cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "tungsten", "lab", *args]
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cmd(*args), env=self.env, capture_output=True, text=True,
-                              timeout=300, check=False)
-
-    def exec(self, workload: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-        return self.run("exec", "--lab", self.name, workload, "--", *cmd)
-
-    def ping(self, src: str, dst_ip: str) -> bool:
-        r = self.exec(src, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", dst_ip)
-        return r.returncode == 0
-
-    def status(self) -> dict[str, object]:
-        r = self.run("status", self.name, "--json")
-        assert r.returncode == 0, r.stderr
-        out: dict[str, object] = json.loads(r.stdout)
-        return out
 
 
 @pytest.fixture
