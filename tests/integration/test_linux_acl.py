@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.netnskit import UL, add_two_nodes, sh
 from tungsten.agent.state import ifname_for
 from tungsten.datapath.base import DatapathState, LocalPort, NextHop, Vrf
 
@@ -31,7 +32,6 @@ linux = pytest.importorskip("tungsten.datapath.linux")
 plumb = pytest.importorskip("tungsten.datapath.linux.plumb")
 pytest.importorskip("tungsten.datapath.linux.nftlib")
 
-UL = {"n1": "192.0.2.1", "n2": "192.0.2.2"}
 NETS = {  # vni -> (fq name, gateway)
     4201: ("default-domain:p:A", "198.51.100.254"),
     4202: ("default-domain:p:B", "203.0.113.254"),
@@ -55,10 +55,6 @@ try:
 except OSError as e:
     print("fail", e)
 """
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
 
 
 def ping(ns: str, dst: str) -> bool:
@@ -145,17 +141,7 @@ class Lab:
 def lab() -> Iterator[Lab]:
     lab = Lab(tag="tga-" + secrets.token_hex(3))
     try:
-        for n in ("n1", "n2"):
-            ns = f"{lab.tag}-{n}"
-            sh("ip", "netns", "add", ns)
-            lab.namespaces.append(ns)
-            lab.nodes[n] = ns
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        n1, n2 = lab.nodes["n1"], lab.nodes["n2"]
-        sh("ip", "-n", n1, "link", "add", "ul0", "type", "veth", "peer", "ul0", "netns", n2)
-        for n, ns in lab.nodes.items():
-            sh("ip", "-n", ns, "addr", "add", f"{UL[n]}/24", "dev", "ul0")
-            sh("ip", "-n", ns, "link", "set", "ul0", "up")
+        add_two_nodes(lab.tag, lab.nodes, lab.namespaces)
         m = secrets.token_hex(2)
         specs = [("a1", "n1", 4201, "198.51.100.1"), ("a2", "n2", 4201, "198.51.100.2"),
                  ("b1", "n1", 4202, "203.0.113.1"), ("b2", "n2", 4202, "203.0.113.2")]

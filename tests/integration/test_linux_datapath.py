@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
+from tests.integration.netnskit import UL, add_two_nodes, sh
 from tungsten.agent.state import ifname_for
 from tungsten.datapath.base import DatapathState, LocalPort, NextHop, Vrf
 
@@ -26,14 +26,9 @@ pytestmark = [
 linux = pytest.importorskip("tungsten.datapath.linux")
 plumb = pytest.importorskip("tungsten.datapath.linux.plumb")
 
-UL = {"n1": "192.0.2.1", "n2": "192.0.2.2"}
 VNI_A, VNI_B = 4101, 4102
 GW = "198.51.100.254"
 MTU = 1500 - 50
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
 
 
 def ping(ns: str, dst: str) -> bool:
@@ -98,17 +93,7 @@ class Lab:
 def lab() -> Iterator[Lab]:
     lab = Lab(tag="tgt-" + secrets.token_hex(3))
     try:
-        for n in ("n1", "n2"):
-            ns = f"{lab.tag}-{n}"
-            sh("ip", "netns", "add", ns)
-            lab.namespaces.append(ns)
-            lab.nodes[n] = ns
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        n1, n2 = lab.nodes["n1"], lab.nodes["n2"]
-        sh("ip", "-n", n1, "link", "add", "ul0", "type", "veth", "peer", "ul0", "netns", n2)
-        for n, ns in lab.nodes.items():
-            sh("ip", "-n", ns, "addr", "add", f"{UL[n]}/24", "dev", "ul0")
-            sh("ip", "-n", ns, "link", "set", "ul0", "up")
+        add_two_nodes(lab.tag, lab.nodes, lab.namespaces)
         m = secrets.token_hex(2)
         specs = [  # name, node, vni, ip, extra ips
             ("a1", "n1", VNI_A, "198.51.100.1", ()),

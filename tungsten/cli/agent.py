@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import ipaddress
 import json
 import signal
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import click
 
+from tungsten.agent.localclient import UnixHTTPConnection
 from tungsten.cli.common import env_names, fail, setup_logging
 from tungsten.datapath.base import Datapath, DatapathState
 
@@ -164,22 +163,10 @@ async def _run(node: str, underlay_ip: str, controls: list[str], api_url: str | 
 
 
 # -- talking to a running agent ----------------------------------------------------------
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=60)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(str(self._path))
-        self.sock = s
-
-
 def call(sock: Path | None, method: str, path: str, body: Any = None) -> Any:
     """One request to the agent's socket; clear errors instead of tracebacks."""
     sock = sock or default_socket()
-    conn = _UnixConnection(sock)
+    conn = UnixHTTPConnection(sock)
     try:
         conn.request(method, path, body=None if body is None else json.dumps(body),
                      headers={"Content-Type": "application/json"})

@@ -10,7 +10,6 @@ says exists, and tolerates everything already being gone.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from tungsten.agent.localclient import UnixHTTPConnection
 from tungsten.lab import plan as lp
 from tungsten.lab.state import LabState, Proc, labs_dir
 from tungsten.lab.topology import Topology
@@ -86,20 +86,8 @@ def api_call(base: str, method: str, path: str, body: Any = None) -> Any:
     return json.loads(raw) if raw else None
 
 
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=90)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(str(self._path))
-        self.sock = s
-
-
 def agent_call(sock: Path, method: str, path: str, body: Any = None) -> Any:
-    conn = _Unix(sock)
+    conn = UnixHTTPConnection(sock, timeout=90)
     try:
         conn.request(method, path, body=None if body is None else json.dumps(body),
                      headers={"Content-Type": "application/json"})
