@@ -12,7 +12,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tungsten.api import addressing
+from tungsten.api import addressing, rulecheck
 from tungsten.api.context import RequestCtx
 from tungsten.api.errors import ApiError, bad_request, conflict, forbidden
 from tungsten.api.objdb import CLAIM, Obj, WriteSet
@@ -243,6 +243,7 @@ def _check_rules(entries: Any, *, sg: bool, ctx_name: str) -> list[dict[str, Any
                 raise bad_request("Bad Request: a network policy rule cannot name a security group")
         if not rule.get("rule_uuid"):
             rule["rule_uuid"] = str(uuidlib.uuid4())
+    rulecheck.check_policy_rules(rules, sg=sg, ctx_name=ctx_name)
     return rules
 
 
@@ -366,6 +367,7 @@ def fwr_pre_update(api: ConfigApi, ws: WriteSet, rt: ResourceType, old: Obj, new
 
 
 def _fix_firewall_rule(api: ConfigApi, ws: WriteSet, obj: Obj, creating: bool) -> None:
+    rulecheck.check_firewall_rule(obj.props)
     service = obj.props.get("service")
     has_groups = bool(obj.refs.get("service_group_refs"))
     if creating and bool(service) == has_groups:
@@ -538,6 +540,34 @@ def release_route_targets(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: O
             release_ids(ws, "route-target", obj.uuid, int(n))
 
 
+def _list_prop(obj: Obj, name: str, wrapper: str) -> list[Any]:
+    """A list property's elements: kept in ``colls`` by the API, else as a wrapped prop."""
+    if name in obj.colls:
+        return [e for _, e in obj.colls[name]]
+    return list((obj.props.get(name) or {}).get(wrapper) or [])
+
+
+def ag_pre_create(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
+                  data: dict[str, Any], ctx: RequestCtx) -> None:
+    rulecheck.check_address_group(_list_prop(obj, "address_group_prefix", "subnet"))
+
+
+def ag_pre_update(api: ConfigApi, ws: WriteSet, rt: ResourceType, old: Obj, new: Obj,
+                  data: dict[str, Any], ctx: RequestCtx) -> None:
+    ag_pre_create(api, ws, rt, new, data, ctx)
+
+
+def svcgroup_pre_create(api: ConfigApi, ws: WriteSet, rt: ResourceType, obj: Obj,
+                        data: dict[str, Any], ctx: RequestCtx) -> None:
+    rulecheck.check_service_group(_list_prop(obj, "service_group_firewall_service_list",
+                                             "firewall_service"))
+
+
+def svcgroup_pre_update(api: ConfigApi, ws: WriteSet, rt: ResourceType, old: Obj, new: Obj,
+                        data: dict[str, Any], ctx: RequestCtx) -> None:
+    svcgroup_pre_create(api, ws, rt, new, data, ctx)
+
+
 # ----------------------------------------------------------------------------------------------
 # registry and dispatch
 PreCreate = Callable[["ConfigApi", WriteSet, ResourceType, Obj, dict[str, Any], RequestCtx], None]
@@ -559,6 +589,8 @@ PRE_CREATE: dict[str, PreCreate] = {
     "tag": tag_pre_create,
     "tag-type": tag_type_pre_create,
     "firewall-rule": fwr_pre_create,
+    "address-group": ag_pre_create,
+    "service-group": svcgroup_pre_create,
     "global-system-config": gsc_pre_create,
     "bgp-router": bgp_router_pre_create,
     "network-ipam": ipam_pre_create,
@@ -581,6 +613,8 @@ PRE_UPDATE: dict[str, PreUpdate] = {
     "tag": tag_pre_update,
     "tag-type": tag_type_pre_update,
     "firewall-rule": fwr_pre_update,
+    "address-group": ag_pre_update,
+    "service-group": svcgroup_pre_update,
     "network-ipam": ipam_pre_update,
 }
 PRE_DELETE: dict[str, PostCreate] = {"virtual-network": vn_pre_delete}
