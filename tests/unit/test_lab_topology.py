@@ -54,8 +54,8 @@ def test_overlapping_subnets_across_projects_are_allowed_but_not_within_one() ->
 
 def test_unknown_key_with_position() -> None:
     errs = errors_of(GOOD.replace("{name: db1,  node: compute2,", "{name: db1,  nod: compute2,"))
-    assert "lab.yaml:10:18: unknown key 'nod' in workloads/1 (allowed: name, network, node)" \
-        in errs
+    assert ("lab.yaml:10:18: unknown key 'nod' in workloads/1 (allowed: name, network, node, "
+            "security_groups, tags)") in errs
     (err,) = errors_of(GOOD + "colour: blue\n")
     assert err.startswith("lab.yaml:18:1: unknown key 'colour'"), err
 

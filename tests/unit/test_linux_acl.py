@@ -72,13 +72,42 @@ def test_ruleset_layout() -> None:
     for r, key in ((fwd[1], "iifname"), (fwd[2], "oifname")):
         assert r[0]["vmap"]["key"] == {"meta": {"key": key}}
         assert r[0]["vmap"]["data"]["set"] == [["tapa", {"jump": {"target": "acl-10"}}]]
+    # the ACL (pass, pass, deny): a run of two pass rules, a run of one deny, a set
+    # lookup per run and family, then drop
     acl_a = rs.chain("acl-10").rules
     assert acl_a[-1] == ({"drop": None},)
-    assert acl_a[1][-1] == {"return": None}
-    assert {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                      "right": {"set": ["203.0.113.1", "203.0.113.2"]}}} in acl_a[1]
-    assert {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
-                      "right": 5432}} in acl_a[1]
+    assert [(r[1]["match"]["right"], r[-1]) for r in acl_a[:-1]] == [
+        ("@acl4p0-10", {"return": None}), ("@acl6p0-10", {"return": None}),
+        ("@acl4d1-10", {"drop": None}), ("@acl6d1-10", {"drop": None})]
+    sets = {ns.name: ns.elements for ns in rs.sets}
+    assert sets["acl6p0-10"] == () and len(sets["acl4d1-10"]) == 1
+    a_to_b = {"concat": [6, "198.51.100.1", {"range": ["203.0.113.1", "203.0.113.2"]},
+                         {"range": [0, 65535]}, 5432]}
+    a_to_a = {"concat": [{"range": [0, 255]}, "198.51.100.1", "198.51.100.1",
+                         {"range": [0, 65535]}, {"range": [0, 65535]}]}
+    assert sorted(map(str, sets["acl4p0-10"])) == sorted(map(str, [a_to_b, a_to_a]))
+
+
+def test_ordered_rules_cost_one_lookup_per_run_whatever_their_count() -> None:
+    nets = {A: ["198.51.100.0/24"]}
+
+    def host(i: int) -> dict[str, Any]:
+        return {"subnet": {"ip_prefix": f"203.0.{i // 256 % 256}.{i % 256}",
+                           "ip_prefix_len": 32}}
+
+    for n in (1, 100, 10_000):
+        rules = [rule(A, host(i), "6", (1000 + i % 50, 1000 + i % 50)) for i in range(n)]
+        chain, sets = acl.acl_chain(10, [*rules, rule("any", "any", action="deny")], nets)
+        assert len(chain) == 5  # (pass run, deny run) x (v4, v6), drop
+        assert sum(len(e) for name, _, e in sets if name == "acl4p0-10") == min(n, 256 * 50)
+    # alternating actions: a lookup per change of action, and order is kept
+    mixed = [rule(A, host(i), action="deny" if i % 2 else "pass") for i in range(6)]
+    chain, _ = acl.acl_chain(10, mixed, nets)
+    assert len(chain) == 2 * 6 + 1
+    # a logged rule stays a rule of its own and ends the run
+    logged = dict(rule(A, host(1)), action_list={"simple_action": "pass", "log": True})
+    chain, _ = acl.acl_chain(10, [rule(A, host(0)), logged, rule(A, host(2))], nets)
+    assert len(chain) == 2 + 1 + 2 + 1 and any("log" in e for e in chain[2])
 
 
 def test_empty_acl_and_no_networks() -> None:
@@ -125,6 +154,9 @@ def listing(rs: acl.Ruleset) -> list[dict[str, Any]]:
         if c.hook:
             ch.update(type="filter", hook=c.hook, prio=c.prio, policy=c.policy)
         out.append({"chain": ch})
+    for ns in rs.sets:
+        out.append({"set": {"family": "inet", "table": rs.table, "name": ns.name,
+                            "type": list(ns.type), "flags": list(ns.flags)}})
     for c in rs.chains:
         for expr in c.rules:
             out.append({"rule": {"family": "inet", "table": rs.table, "chain": c.name,
@@ -142,10 +174,11 @@ def test_commands_diff() -> None:
     rule_adds = [i for i, c in enumerate(first) if "rule" in c.get("add", {})]
     assert max(chain_adds) < min(rule_adds)  # chains exist before rules jump to them
     listed = acl.parse_listing(listing(want), "tungsten")
-    assert acl.commands(listed, want) == []  # idempotent
+    installed = {ns.name: ns.by_key() for ns in want.sets}
+    assert acl.commands(listed, want, installed=installed) == []  # idempotent
     # foreign objects in the listing are ignored
     extra = [*listing(want), {"chain": {"family": "ip", "table": "other", "name": "x"}}]
-    assert acl.commands(acl.parse_listing(extra, "tungsten"), want) == []
+    assert acl.commands(acl.parse_listing(extra, "tungsten"), want, installed=installed) == []
 
     # the ACL goes: its chain is deleted after the dispatch chain is refilled
     nxt = acl.ruleset(state(with_acl=False))
@@ -153,14 +186,18 @@ def test_commands_diff() -> None:
     cmds = acl.commands(listed, nxt)
     assert {"flush": {"chain": {"family": "inet", "table": "tungsten", "name": "forward"}}
             } in cmds
-    assert cmds[-1] == {"delete": {"chain": {"family": "inet", "table": "tungsten",
-                                             "name": "acl-10"}}}
+    assert {"delete": {"chain": {"family": "inet", "table": "tungsten", "name": "acl-10"}}
+            } in cmds
+    # its sets go after the chain that used them
+    assert cmds[-1] == {"delete": {"set": {"family": "inet", "table": "tungsten",
+                                           "name": "acl6p0-10"}}}
     assert not any("z-10" in str(c) for c in cmds)  # unchanged chains are left alone
 
     # a hand-edited rule (no or another comment) is put right
     edited = listing(want)
     edited[-1]["rule"]["comment"] = "mine"
-    assert acl.commands(acl.parse_listing(edited, "tungsten"), want)[0]["flush"]
+    assert acl.commands(acl.parse_listing(edited, "tungsten"), want,
+                        installed=installed)[0]["flush"]["chain"]
 
     # a base chain with another hook or priority: the table is rebuilt in the transaction
     moved = listing(want)
@@ -175,3 +212,18 @@ def test_commands_diff() -> None:
     assert acl.commands(listed, None) == [{"delete": {"table": {"family": "inet",
                                                                 "name": "tungsten"}}}]
     assert acl.commands(None, None) == []
+
+
+def test_compiled_rules_are_reused_only_for_the_same_rule_and_context() -> None:
+    nets = {A: ["198.51.100.0/24"]}
+    rules = [rule(A, "any", "6", (80, 80)), rule("any", "any", action="deny")]
+    _, first = acl.acl_chain(10, rules, nets)
+    _, again = acl.acl_chain(10, [dict(r) for r in rules], nets)  # equal content, new dicts
+    assert again == first
+    # a changed rule, or the same rule where the network resolves elsewhere: recompiled
+    _, port = acl.acl_chain(10, [rule(A, "any", "6", (81, 81)), rules[1]], nets)
+    _, moved = acl.acl_chain(10, rules, {A: ["203.0.113.0/24"]})
+    for other in (port, moved):
+        assert dict((n, e) for n, _, e in other)["acl4p0-10"] != dict(
+            (n, e) for n, _, e in first)["acl4p0-10"]
+    assert "203.0.113.0" in str(moved) and "203.0.113.0" not in str(first)

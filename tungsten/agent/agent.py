@@ -71,6 +71,7 @@ class Agent:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._plug_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._reconcile_waiters: list[asyncio.Future[None]] = []
         self._config: ConfigClient | None = None
         self.vrouter_uuid: str | None = None
         # Graceful restart, agent side: after a headless spell, the routes learnt before are
@@ -110,6 +111,10 @@ class Agent:
             for f in waiters:
                 f.cancel()
         self._plug_waiters.clear()
+        for f in self._reconcile_waiters:
+            f.cancel()
+        self._reconcile_waiters.clear()
+        await self._registry.flush()
         if self._own_http and self._http is not None:
             await self._http.close()
             self._http = None
@@ -117,24 +122,33 @@ class Agent:
     # -- ports -------------------------------------------------------------------------------
     async def add_port(self, vmi: str | None = None, *, network: str | None = None,
                        name: str | None = None, project: str | None = None,
-                       wait: float = 10.0) -> dict[str, Any]:
+                       wait: float = 10.0, ip: str | None = None,
+                       mac: str | None = None, persist: bool = True) -> dict[str, Any]:
         """Register a port on this node (creating the VMI + instance-ip when given a network)
         and wait up to ``wait`` seconds until it is plugged (its config arrived and it is in
-        the datapath).  Returns the port as ``port_info`` shows it."""
+        the datapath).  Returns the port as ``port_info`` shows it.  ``persist=False``: the
+        registry is committed soon, not before returning (the caller commits)."""
         created = False
         if vmi is None:
             if not network:
                 raise ValueError("give a port uuid (vmi) or a network")
             assert self._config is not None, "start() the agent first"
-            vmi = await self._config.create_port(network, name or "", project, self.node) \
+            vmi = await self._config.create_port(network, name or "", project, self.node,
+                                                 ip=ip, mac=mac) \
                 if name else await self._create_unnamed(network, project)
             created = True
         old = self._registry.ports.get(vmi)
-        self._registry.ports[vmi] = PortRecord(vmi, name or (old.name if old else ""),
-                                               created or bool(old and old.created))
-        if vmi in self._registry.pending_deletes:
-            self._registry.pending_deletes.remove(vmi)
-        self._registry.save()
+        rec = PortRecord(vmi, name or (old.name if old else ""),
+                         created or bool(old and old.created))
+        if rec != old or vmi in self._registry.pending_deletes:
+            self._registry.ports[vmi] = rec
+            if vmi in self._registry.pending_deletes:
+                self._registry.pending_deletes.remove(vmi)
+            if persist:
+                await self._registry.commit()
+            else:
+                self._registry.commit_soon()
+        await self._subscribe_now(vmi)
         self._kick()
         if wait > 0 and not self._installed(vmi):
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -142,6 +156,14 @@ class Agent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(fut, wait)
         return self.port_info(vmi)
+
+    async def _subscribe_now(self, vmi: str) -> None:
+        """Ask for a new port's config at once, not after the next reconcile pass: its
+        config is what an ADD waits for (the pass re-subscribes it; that is harmless)."""
+        for s in self._sessions:
+            if s.established and not s.resync and vmi not in s.subscribed \
+                    and await s.send({"type": proto.SUBSCRIBE, "ports": [vmi]}):
+                s.subscribed.add(vmi)
 
     async def _create_unnamed(self, network: str, project: str | None) -> str:
         import uuid as uuidlib
@@ -158,7 +180,7 @@ class Agent:
             return False
         if rec.created:
             self._registry.pending_deletes.append(uuid)
-        self._registry.save()
+        await self._registry.commit()  # the owed deletion survives a crash from here on
         self._kick()
         if rec.created:
             await self._flush_deletes()
@@ -174,6 +196,20 @@ class Agent:
             return False
         rec = self._registry.ports.get(uuid)
         return bool(lp.ips) or not (rec and rec.created)
+
+    async def port_by_name(self, fq_name: list[str]) -> str | None:
+        """The uuid of the VMI named ``fq_name`` (None: none, or the config API is away)."""
+        if self._config is None:
+            return None
+        try:
+            return await self._config.fq_name_to_id("virtual-machine-interface", fq_name)
+        except ConfigApiError:
+            return None
+
+    @property
+    def registry(self) -> PortRegistry:
+        """The persisted port registry (CNI attachments live there too)."""
+        return self._registry
 
     def port_info(self, uuid: str) -> dict[str, Any]:
         cur = self.datapath.current()
@@ -306,11 +342,18 @@ class Agent:
         self._dirty.set()
 
     async def _reconcile_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -self._settle
         while True:
             await self._dirty.wait()
-            if self._settle > 0:
-                await asyncio.sleep(self._settle)
+            # leading edge: a change after a quiet spell is taken at once; within a burst,
+            # passes start at most once per settle window (a pass in progress coalesces
+            # what arrives meanwhile too)
+            wait = last + self._settle - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._dirty.clear()
+            last = loop.time()
             try:
                 await self._reconcile()
             except asyncio.CancelledError:
@@ -325,15 +368,33 @@ class Agent:
             want = desired_state(self.node, self.underlay_ip, view, self._registry.ports,
                                  self.mtu)
             if want != self.datapath.current():
-                self.datapath.apply(want)
+                # a datapath that applies in a thread of its own (linux) leaves the loop
+                # serving meanwhile; changes arriving then are taken by the next pass
+                apply_async = getattr(self.datapath, "apply_async", None)
+                if apply_async is not None:
+                    await apply_async(want)
+                else:
+                    self.datapath.apply(want)
         installed = self.datapath.current()
         if view is not None:
             self._originated = originated_routes(self.node, self.underlay_ip, view, installed)
         self._wake_waiters(installed)
+        waiters, self._reconcile_waiters = self._reconcile_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
         ports = set(self._registry.ports)
         for s in self._sessions:
             if s.established:
                 await self._sync(s, ports, self._originated)
+
+    async def reconciled(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for the end of the next reconcile pass: the view
+        and the datapath may have changed then."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reconcile_waiters.append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, timeout)
 
     def _wake_waiters(self, installed: DatapathState | None) -> None:
         for uuid in [u for u in self._plug_waiters if self._installed(u, installed)]:
@@ -400,7 +461,8 @@ class Agent:
                 return
             if uuid in self._registry.pending_deletes:
                 self._registry.pending_deletes.remove(uuid)
-                self._registry.save()
+                # lazily: a crash before the write only deletes a deleted port again
+                self._registry.commit_soon()
 
 
 def _nh_dict(nh: NextHop) -> dict[str, Any]:

@@ -84,17 +84,21 @@ class ConfigClient:
         return uuid, fq
 
     async def create_port(self, network: str, name: str, project: str | None,
-                          node: str) -> str:
-        """A VMI on ``network`` bound to ``node``, with an instance-ip; idempotent by name."""
+                          node: str, *, ip: str | None = None, mac: str | None = None) -> str:
+        """A VMI on ``network`` bound to ``node``, with an instance-ip (``ip`` when given,
+        else allocated) and ``mac`` when given; idempotent by name."""
         vn_uuid, vn_fq = await self.network(network, project)
         proj = project.split(":") if project else vn_fq[:-1]
         fq = [*proj, name]
-        body = {"virtual-machine-interface": {
+        vmi: dict[str, Any] = {
             "fq_name": fq, "parent_type": "project",
             "virtual_network_refs": [{"to": vn_fq, "uuid": vn_uuid}],
             "virtual_machine_interface_bindings": {
                 "key_value_pair": [{"key": "host_id", "value": node}]},
-        }}
+        }
+        if mac:
+            vmi["virtual_machine_interface_mac_addresses"] = {"mac_address": [mac]}
+        body = {"virtual-machine-interface": vmi}
         try:
             out = await self._call("POST", "/virtual-machine-interfaces", body)
             uuid = str(out["virtual-machine-interface"]["uuid"])
@@ -104,17 +108,24 @@ class ConfigClient:
             if found is None:
                 raise
             uuid = found  # a retried create (e.g. CNI ADD again): adopt the existing port
-        iip = {"instance-ip": {
+        iip: dict[str, Any] = {
             "fq_name": [uuid],
             "virtual_network_refs": [{"to": vn_fq, "uuid": vn_uuid}],
             "virtual_machine_interface_refs": [{"to": fq, "uuid": uuid}],
-        }}
+        }
+        if ip:
+            iip["instance_ip_address"] = ip
         try:
-            await self._call("POST", "/instance-ips", iip)
+            await self._call("POST", "/instance-ips", {"instance-ip": iip})
         except ConfigApiError as e:
-            if e.status != 409:
+            # 409: a retried create (the instance-ip exists), or the address is taken
+            if e.status != 409 or not await self._has_instance_ip(uuid):
                 raise
         return uuid
+
+    async def _has_instance_ip(self, vmi: str) -> bool:
+        out = await self._call("GET", f"/virtual-machine-interface/{vmi}", ok_missing=True)
+        return bool(out and out["virtual-machine-interface"].get("instance_ip_back_refs"))
 
     async def delete_port(self, uuid: str) -> None:
         """Delete a VMI and its instance-ips; a port already gone is fine."""

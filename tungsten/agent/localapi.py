@@ -7,11 +7,18 @@
     GET    /acls            ACL and SGs per port (?port=UUID)
     POST   /trace           {"port": UUID, "dst": IP, "src"?, "proto"?, "sport"?, "dport"?}
     GET    /status          sessions, headless, counts
+    POST   /cni/add         CNI ADD   {"containerID", "ifname", "netns", "network", "name", ...}
+    POST   /cni/del         CNI DEL   {"containerID", "ifname"}   idempotent
+    POST   /cni/check       CNI CHECK {"containerID", "ifname", "prevResult"}
+    POST   /cni/gc          CNI GC    {"name", "validAttachments": [{"containerID", "ifname"}]}
+    GET    /cni/attachments the CNI attachments of this node
+    GET    /cni/phases      where recent ADDs/DELs spent their time (?clear=1 empties it)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 from pathlib import Path
@@ -21,9 +28,13 @@ import orjson
 from aiohttp import web
 
 from tungsten.agent.agent import Agent
+from tungsten.agent.cniservice import CniFailure, CniService, Plumber
 from tungsten.agent.config import ConfigApiError
 
+log = logging.getLogger("tungsten.agent")
+
 AGENT_KEY = web.AppKey("agent", Agent)
+CNI_KEY = web.AppKey("cni", CniService)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -45,9 +56,36 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def build_local_app(agent: Agent) -> web.Application:
+def cni_service(agent: Agent, spool_dirs: list[Path] | None = None) -> CniService:
+    """The CNI service for ``agent``: plumbing into the datapath's namespace with the linux
+    datapath, none with sim (its ports need no devices)."""
+    plumber = None
+    if agent.datapath.name == "linux":
+        plumber = Plumber(getattr(agent.datapath, "netns", None))
+    return CniService(agent, plumber, spool_dirs or [])
+
+
+def build_local_app(agent: Agent, cni: CniService | None = None) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
+    cni = cni or cni_service(agent)
+    app[CNI_KEY] = cni
+
+    def cni_handler(op: Any) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                data = await _body(request)
+            except web.HTTPBadRequest as e:
+                return _json({"code": 6, "msg": e.text or "bad body", "details": ""}, 400)
+            try:
+                return _json(await op(data))
+            except CniFailure as e:
+                return _json(e.body(), e.status)
+            except Exception as e:  # a bug: still a CNI error object, and in the log
+                log.exception("CNI %s failed", request.path)
+                return _json({"code": 100, "msg": f"the agent failed: {e}",
+                              "details": type(e).__name__}, 500)
+        return handle
 
     async def add_port(request: web.Request) -> web.Response:
         data = await _body(request)
@@ -107,8 +145,29 @@ def build_local_app(agent: Agent) -> web.Application:
     app.router.add_get("/routes", routes)
     app.router.add_get("/acls", acls)
     app.router.add_post("/trace", trace)
+    async def cni_list(request: web.Request) -> web.Response:
+        return _json(cni.list())
+
     app.router.add_get("/status", status)
+    app.router.add_post("/cni/add", cni_handler(cni.add))
+    app.router.add_post("/cni/del", cni_handler(cni.delete))
+    app.router.add_post("/cni/check", cni_handler(cni.check))
+    app.router.add_post("/cni/gc", cni_handler(cni.gc))
+    app.router.add_get("/cni/attachments", cni_list)
+
+    async def cni_phases(request: web.Request) -> web.Response:
+        out = list(cni.phases)
+        if request.query.get("clear"):
+            cni.phases.clear()
+        return _json(out)
+
+    app.router.add_get("/cni/phases", cni_phases)
     return app
+
+
+def spool_dir_for(socket_path: Path) -> Path:
+    """Where ``tungsten-cni`` leaves deletes while the agent is down (its default)."""
+    return Path(str(socket_path) + ".pending")
 
 
 async def serve_unix(agent: Agent, path: Path) -> web.AppRunner:
@@ -124,7 +183,14 @@ async def serve_unix(agent: Agent, path: Path) -> web.AppRunner:
             else:
                 raise OSError(f"another agent is serving on {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    runner = web.AppRunner(build_local_app(agent), access_log=None, handle_signals=False)
+    cni = cni_service(agent, [spool_dir_for(path)])
+    await cni.start()  # deletes spooled while the agent was away go first
+    runner = web.AppRunner(build_local_app(agent, cni), access_log=None, handle_signals=False)
+
+    async def stop_cni(app: web.Application) -> None:
+        await cni.stop()
+
+    runner.app.on_cleanup.append(stop_cni)
     await runner.setup()
     try:
         await web.UnixSite(runner, str(path)).start()

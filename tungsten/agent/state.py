@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from tungsten.control.protocol import Route, View, route_key
-from tungsten.datapath.base import DatapathState, LocalPort, NextHop, Vrf
+from tungsten.datapath.base import DatapathState, EndpointInfo, LocalPort, NextHop, Vrf
 
 # Outer Ethernet + IP + UDP + VXLAN headers added to every overlay packet.
 VXLAN_OVERHEAD_V4 = 14 + 20 + 8 + 8
@@ -88,13 +88,20 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
     # Networks that do not list their sources take every route leaked in from elsewhere.
     open_nets = [n for n in net_ids if "sources" not in nets[n]]
     tables: dict[str, dict[str, set[NextHop]]] = {n: {} for n in net_ids}
+    # what policy knows of each address: SG and tag ids from the route (or the local port)
+    endpoints: dict[str, dict[str, EndpointInfo]] = {n: {} for n in net_ids}
+    names = {int(c["vni"]): str(c["name"]) for c in nets.values()}
+    for r in view.get("routes", {}).values():
+        if r.get("network"):
+            names.setdefault(int(r["vni"]), str(r["network"]))
 
     for p in ports.values():
         nh = NextHop(kind="local", port=p.uuid, mac=p.mac, node=node)
         for ip in p.ips:
             tables[p.network].setdefault(host_prefix(ip), set()).add(nh)
+            endpoints[p.network][host_prefix(ip)] = EndpointInfo(
+                str(nets[p.network]["name"]), tuple(p.sgs), tuple(p.tags))
 
-    names = {int(c["vni"]): str(c["name"]) for c in nets.values()}
     for r in view.get("routes", {}).values():
         if r.get("network"):  # a leaked network with no port here: its name, for ACLs
             names.setdefault(int(r["vni"]), str(r["network"]))
@@ -111,8 +118,12 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
         else:
             nh = NextHop(kind="remote", vtep=r["nexthop"], vni=int(r["vni"]), mac=r["mac"],
                          node=r.get("node"))
+        info = EndpointInfo(str(r.get("network") or names.get(int(r["vni"]), "")),
+                            tuple(int(x) for x in r.get("sgs") or ()),
+                            tuple(int(x) for x in r.get("tags") or ()))
         for n in targets:
             tables[n].setdefault(r["prefix"], set()).add(nh)
+            endpoints[n].setdefault(r["prefix"], info)
 
     vrfs: dict[str, Vrf] = {}
     for n in net_ids:
@@ -123,6 +134,7 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
                     sorted(tables[n].items())},
             gateways=tuple(s["gateway"] for s in cfg.get("subnets", ()) if s.get("gateway")),
             acl=tuple(cfg.get("acl") or ()),
+            endpoints=dict(sorted(endpoints[n].items())),
         )
     sgs = {int(sg["id"]): sg for sg in view.get("security_groups", {}).values()}
     return DatapathState(node=node, underlay_ip=underlay_ip, ports=ports, vrfs=vrfs,

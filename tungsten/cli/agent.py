@@ -96,18 +96,28 @@ def run(node: str, underlay_ip: str, controls: tuple[str, ...], api_url: str | N
                      datapath, netns, underlay_if))
 
 
+SETTLE = 0.005  # seconds: the agent's coalescing window (a simulated fabric uses more)
+
+
 class _OwnThread(Datapath):
     """A datapath whose calls run in one worker thread of its own: pyroute2's synchronous
-    API runs an event loop of its own and refuses to run inside the agent's.  Calls still
-    block the caller, as a direct call would (the agent applies one state at a time)."""
+    API runs an event loop of its own and refuses to run inside the agent's.  ``apply``
+    blocks the caller, as a direct call would; the agent awaits ``apply_async`` instead, so
+    its loop keeps serving while the kernel is programmed (it applies one state at a
+    time)."""
 
     def __init__(self, make: Callable[[], Datapath]) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
         self._inner = self._pool.submit(make).result()
         self.name = self._inner.name
+        self.netns: str | None = getattr(self._inner, "netns", None)  # where CNI plugs ports
 
     def apply(self, state: DatapathState) -> None:
         self._pool.submit(self._inner.apply, state).result()
+
+    async def apply_async(self, state: DatapathState) -> None:
+        """``apply`` without blocking the agent's event loop (it serves meanwhile)."""
+        await asyncio.wrap_future(self._pool.submit(self._inner.apply, state))
 
     def current(self) -> DatapathState | None:
         return self._inner.current()
@@ -139,8 +149,10 @@ async def _run(node: str, underlay_ip: str, controls: list[str], api_url: str | 
     from tungsten.agent.localapi import serve_unix
 
     dp = _datapath(kind, netns, underlay_if, underlay_ip)
+    # a short settle window: a pass starts at once after a quiet spell anyway, and while
+    # the datapath applies (in its own thread) further changes coalesce by themselves
     ag = Agent(node, underlay_ip, controls, dp, api_url=api_url, state_dir=sdir, mtu=mtu,
-               stale_time=stale_time)
+               stale_time=stale_time, settle=SETTLE)
     try:
         await ag.start()
     except ValueError as e:

@@ -93,10 +93,16 @@ def read_tokens(path: Path) -> frozenset[str]:
               help="Serve the control node (agent streams at /control/v1/stream).")
 @click.option("--hold-time", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
               envvar=env_names("HOLD_TIME"),
-              help="Seconds a disconnected agent's routes are kept before they are withdrawn.")
+              help="Seconds the routes of an agent that closed its session (a clean stop) "
+                   "are kept before they are withdrawn.")
+@click.option("--agent-stale-time", type=click.FloatRange(0, 86400), default=0.0,
+              show_default=True, envvar=env_names("AGENT_STALE_TIME"),
+              help="Seconds the routes of an agent whose session broke without a goodbye "
+                   "(crash, kill -9, lost link) are kept, while its datapath may still "
+                   "forward; 0 or less than --hold-time: the hold time.")
 def controller(listen: str, store_url: str | None, auth: str, token_file: Path | None,
                log_level: str, transformer: bool, control_node: bool,
-               hold_time: float) -> None:
+               hold_time: float, agent_stale_time: float) -> None:
     """Serve TF's VNC config API (the contrail-api server) over a config store.
 
     Ready when GET / answers.  TF's own client connects unchanged:
@@ -132,8 +138,11 @@ def controller(listen: str, store_url: str | None, auth: str, token_file: Path |
     if control_node:
         from tungsten.control.node import ControlNode
 
-        ControlNode(api, hold_time=hold_time, name=f"{socket.gethostname()}:{port}").mount(app)
-        parts.append(f"control node (hold time {hold_time:g} s)")
+        node = ControlNode(api, hold_time=hold_time, name=f"{socket.gethostname()}:{port}",
+                           agent_stale_time=agent_stale_time)
+        node.mount(app)
+        parts.append(f"control node (hold time {hold_time:g} s, agent stale time "
+                     f"{node.agent_stale_time:g} s)")
     services: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
     if transformer:
         from tungsten.transformer.service import Transformer

@@ -8,6 +8,7 @@ from tungsten import __version__
 from tungsten.cli.agent import agent, trace
 from tungsten.cli.controller import controller
 from tungsten.cli.demo import demo
+from tungsten.cli.flows import flows
 from tungsten.cli.lab import lab
 from tungsten.cli.sim import sim
 from tungsten.cli.store import store
@@ -24,6 +25,7 @@ cli.add_command(agent)
 cli.add_command(trace)
 cli.add_command(controller)
 cli.add_command(demo)
+cli.add_command(flows)
 cli.add_command(lab)
 cli.add_command(sim)
 cli.add_command(store)

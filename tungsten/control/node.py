@@ -132,10 +132,14 @@ class WsLink:
 
 class ControlNode:
     def __init__(self, api: ConfigApi, hold_time: float = 5.0, name: str = "control",
-                 window: float = WINDOW, heartbeat: float | None = 15.0) -> None:
+                 window: float = WINDOW, heartbeat: float | None = 15.0,
+                 agent_stale_time: float = 0.0) -> None:
         self.api = api
         self.db = api.db
         self.hold_time = hold_time
+        # how long the routes of an agent whose stream broke without a goodbye are kept (its
+        # kernel datapath most likely still forwards); never shorter than the hold time
+        self.agent_stale_time = max(hold_time, agent_stale_time)
         self.name = name
         self.window = window
         self.heartbeat = heartbeat
@@ -251,10 +255,17 @@ class ControlNode:
             self._touch(obj.uuid)
 
     async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -self.window
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.window)
+            # leading edge: a change after a quiet spell goes out at once; within a burst,
+            # at most one flush per window (what arrives meanwhile is coalesced)
+            wait = last + self.window - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
+            last = loop.time()
             try:
                 self.flush()
             except Exception:  # a bug: keep serving, the next change retries
@@ -421,14 +432,16 @@ class ControlNode:
             routes = [self.rib.encoded_members(ri) for ri in sorted(s.ris)]
             s.link.send(wire.snapshot(s.id, s.revision, s.config, routes))
 
-    def detach(self, s: Session, link: Link) -> None:
-        """The stream went away: hold the session (and its routes) for the hold time."""
+    def detach(self, s: Session, link: Link, goodbye: bool = False) -> None:
+        """The stream went away: hold the session (and its routes) for the hold time if the
+        agent closed it (``goodbye``), else for the agent stale time."""
         if s.link is not link or self.sessions.get(s.id) is not s:
             return
         s.link = None
         if s.timer is not None:
             s.timer.cancel()
-        s.timer = asyncio.get_running_loop().call_later(self.hold_time, self._expire, s.id)
+        hold = self.hold_time if goodbye else self.agent_stale_time
+        s.timer = asyncio.get_running_loop().call_later(hold, self._expire, s.id)
 
     def _expire(self, sid: str) -> None:
         s = self.sessions.get(sid)
@@ -510,9 +523,12 @@ class ControlNode:
         link = WsLink(ws, self._budget)
         writer = asyncio.create_task(link.run())
         session: Session | None = None
+        goodbye = False  # the agent closed the stream (a stop), not a crash or a lost link
         try:
-            async for frame in ws:
+            while True:
+                frame = await ws.receive()
                 if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    goodbye = frame.type == WSMsgType.CLOSE
                     break
                 msg = p.decode(frame.data)
                 if session is None:
@@ -527,7 +543,7 @@ class ControlNode:
             link.send(p.encode({"type": p.ERROR, "message": str(e)}).encode())
         finally:
             if session is not None:
-                self.detach(session, link)
+                self.detach(session, link, goodbye)
             link.close()
             try:
                 await asyncio.wait_for(writer, 5.0)

@@ -39,6 +39,16 @@ class NextHop:
 
 
 @dataclass(frozen=True)
+class EndpointInfo:
+    """What policy knows of a port's address: its network and the security group and tag ids
+    its route carries (so remote-SG rules and tag expressions match remote ports)."""
+
+    network: str  # fq_name joined by ':'
+    sgs: tuple[int, ...] = ()
+    tags: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Vrf:
     """One network's forwarding instance on this node."""
 
@@ -48,6 +58,8 @@ class Vrf:
     routes: dict[str, tuple[NextHop, ...]]  # prefix -> next hops (several: ECMP)
     gateways: tuple[str, ...] = ()  # subnet gateway addresses answered by proxy ARP
     acl: tuple[dict[str, Any], ...] = ()  # ACL rules, in order
+    # host prefix -> the port behind it (own and leaked routes, local ports too)
+    endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ class DatapathState:
     vrfs: dict[str, Vrf] = field(default_factory=dict)  # VN uuid -> Vrf
     security_groups: dict[int, dict[str, Any]] = field(default_factory=dict)
     # application-policy-sets that apply to this node's ports, by uuid (the view's
-    # ``firewall`` collection); carried for enforcement, not yet enforced
+    # ``firewall`` collection; see tungsten/security/verdict.py)
     firewall: dict[str, Any] = field(default_factory=dict)
     # VNI -> network name (fq_name joined by ':') of every network whose routes this node
     # holds, including networks leaked in that have no port here (ACLs name them)

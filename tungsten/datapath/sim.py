@@ -5,29 +5,19 @@ datapaths of one process, so ``trace`` can follow a packet from a source port th
 over the (simulated) VXLAN underlay into the destination node's VRF and port.
 
 Policy is evaluated statelessly on the forward direction only (no flow table, no reverse
-flows): a reply is traced as a packet of its own.  The order, as on a vRouter:
-
-1. egress security groups of the source port (skipped if the port has none);
-2. longest-prefix match in the source port's VRF (ECMP: a member picked by a flow hash);
-3. the source network's ACL;
-4. the destination network's ACL, when the packet crosses into another network;
-5. ingress security groups of the destination port (skipped if it has none).
-
-ACLs use TF's ``AclRuleType`` (match_condition, action_list.simple_action, direction,
-rule_uuid): first match wins, ``<>`` also matches the reversed packet, a non-empty ACL that
-matches nothing drops ("implicit deny"), and an empty ACL allows (a network before the
-transformer has written its ACL still forwards inside itself).  Security-group rules
-(``PolicyRuleType``-like, or ``AclRuleType``) only allow; a port with security groups drops
-what none of them allows.
+flows): a reply is traced as a packet of its own.  The route is looked up first (the longest
+prefix match in the source port's VRF; ECMP: a member picked by a flow hash), then every
+security gate is evaluated by ``tungsten.security.verdict`` in TF's order: network policy
+(source then destination network's ACL), security groups (egress of the source port, ingress
+of the destination port), firewall (application-policy-sets of the source port, then of the
+destination port).  Each gate runs with what its own node knows (the remote end's SG and tag
+ids come from its route), as the ``linux`` backend does.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
 from tungsten.datapath.base import (
     Datapath,
@@ -38,130 +28,22 @@ from tungsten.datapath.base import (
     TraceResult,
     Vrf,
 )
+from tungsten.security.verdict import (  # re-exported: the sim's policy helpers live there
+    Endpoint,
+    Side,
+    Verdict,
+    acl_verdict,
+    address_matches,
+    evaluate,
+    proto_number,
+    rule_matches,
+    sg_allows,
+)
+
+__all__ = ["Endpoint", "SimDatapath", "SimFabric", "acl_verdict", "address_matches",
+           "ecmp_pick", "lpm", "proto_number", "rule_matches", "sg_allows"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58, "ipv6-icmp": 58, "sctp": 132}
-
-
-def proto_number(proto: str | int | None) -> int | None:
-    """A protocol name or number as a number; None for 'any'."""
-    if proto is None:
-        return None
-    text = str(proto).strip().lower()
-    if text in ("", "any"):
-        return None
-    if text.isdigit():
-        return int(text)
-    if text not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {proto!r}")
-    return PROTOCOLS[text]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One side of a packet, as policy sees it."""
-
-    ip: IPAddress
-    port: int
-    network: str  # fq_name joined by ':'
-    sgs: tuple[int, ...] = ()
-
-
-def _subnet_has(subnet: dict[str, Any] | None, ip: IPAddress) -> bool:
-    if not subnet or subnet.get("ip_prefix") is None:
-        return False
-    net = ipaddress.ip_network(f"{subnet['ip_prefix']}/{subnet.get('ip_prefix_len', 32)}",
-                               strict=False)
-    return net.version == ip.version and ip in net
-
-
-def address_matches(addr: dict[str, Any] | None, ep: Endpoint) -> bool:
-    """``AddressType``: every field that is set must match; nothing set means any."""
-    if not addr:
-        return True
-    vn = addr.get("virtual_network")
-    if vn not in (None, "", "any") and vn != ep.network:
-        return False
-    if addr.get("subnet") and not _subnet_has(addr["subnet"], ep.ip):
-        return False
-    if addr.get("subnet_list") and not any(_subnet_has(s, ep.ip) for s in addr["subnet_list"]):
-        return False
-    sg = addr.get("security_group")
-    if sg not in (None, "", "any", "local"):
-        try:
-            if int(sg) not in ep.sgs:
-                return False
-        except ValueError:
-            return False  # an SG by name cannot be resolved here: no match
-    return not addr.get("network_policy")  # unexpanded policy references match nothing
-
-
-def _port_in(ranges: Iterable[dict[str, Any] | None], port: int) -> bool:
-    seen = False
-    for r in ranges:
-        if not r:
-            return True
-        seen = True
-        lo, hi = int(r.get("start_port", -1)), int(r.get("end_port", -1))
-        if lo == -1 or (lo <= port <= (lo if hi == -1 else hi)):
-            return True
-    return not seen
-
-
-def _rule_parts(rule: dict[str, Any]) -> tuple[Any, list[Any], list[Any], list[Any], list[Any]]:
-    """(protocol, src addresses, src ports, dst addresses, dst ports) of either rule shape."""
-    mc = rule.get("match_condition")
-    if mc is not None:  # AclRuleType
-        return (mc.get("protocol"), [mc.get("src_address")], [mc.get("src_port")],
-                [mc.get("dst_address")], [mc.get("dst_port")])
-    return (rule.get("protocol"), rule.get("src_addresses") or [None],
-            rule.get("src_ports") or [None], rule.get("dst_addresses") or [None],
-            rule.get("dst_ports") or [None])
-
-
-def rule_matches(rule: dict[str, Any], proto: int, src: Endpoint, dst: Endpoint) -> bool:
-    """Does ``rule`` match the packet src -> dst (or dst -> src for a ``<>`` rule)?"""
-    rproto, saddrs, sports, daddrs, dports = _rule_parts(rule)
-    want = proto_number(rproto)
-    if want is not None and want != proto:
-        return False
-    ethertype = (rule.get("match_condition") or rule).get("ethertype")
-    if ethertype and ethertype != ("IPv6" if src.ip.version == 6 else "IPv4"):
-        return False
-
-    def one_way(a: Endpoint, b: Endpoint) -> bool:
-        return (any(address_matches(x, a) for x in saddrs) and _port_in(sports, a.port)
-                and any(address_matches(x, b) for x in daddrs) and _port_in(dports, b.port))
-
-    return one_way(src, dst) or (rule.get("direction") == "<>" and one_way(dst, src))
-
-
-def acl_verdict(acl: Iterable[dict[str, Any]], proto: int, src: Endpoint, dst: Endpoint
-                ) -> tuple[bool, str | None]:
-    """(allowed, deciding rule): first match wins; empty allows; no match denies."""
-    empty = True
-    for i, rule in enumerate(acl):
-        empty = False
-        if rule_matches(rule, proto, src, dst):
-            action = (rule.get("action_list") or {}).get("simple_action", "pass")
-            return action != "deny", str(rule.get("rule_uuid") or f"rule #{i}")
-    return (True, None) if empty else (False, "implicit deny")
-
-
-def sg_allows(sgs: dict[int, dict[str, Any]], ids: tuple[int, ...], direction: str,
-              proto: int, src: Endpoint, dst: Endpoint) -> tuple[bool, str | None]:
-    """Security groups only allow; a port with SGs drops what none of its rules allows."""
-    if not ids:
-        return True, None
-    for sg_id in ids:
-        for rule in (sgs.get(sg_id) or {}).get(direction, ()):
-            if (rule.get("action_list") or {}).get("simple_action", "pass") == "deny":
-                continue
-            if rule_matches(rule, proto, src, dst):
-                return True, str(rule.get("rule_uuid") or f"sg {sg_id}")
-    return False, f"security group {direction} (default deny)"
-
 
 def ecmp_pick(nhs: tuple[NextHop, ...], pkt: Packet) -> NextHop:
     """A flow-sticky member: the same 5-tuple always takes the same next hop."""
@@ -208,6 +90,7 @@ class SimDatapath(Datapath):
         self._state: DatapathState | None = None
         self.applies = 0
         self.routes_removed = 0  # (vrf, prefix) entries that disappeared over all applies
+        self.last_verdict: Verdict | None = None  # the gates of the last traced packet
 
     def apply(self, state: DatapathState) -> None:
         old = self._state
@@ -244,7 +127,7 @@ class SimDatapath(Datapath):
         try:
             proto = proto_number(pkt.proto) or 0
             dst_ip = ipaddress.ip_address(pkt.dst)
-            src = Endpoint(ipaddress.ip_address(pkt.src), pkt.sport, vrf.name, port.sgs)
+            ipaddress.ip_address(pkt.src)
         except ValueError as e:
             return TraceResult("dropped", node=st.node, rule=f"bad packet: {e}",
                                hops=tuple(hops))
@@ -263,27 +146,22 @@ class SimDatapath(Datapath):
         dest = self._resolve(nh, dst_ip, hops)
         if isinstance(dest, TraceResult):
             return dest
-        dst_dp, dst_port, dst_vrf = dest
+        dst_dp, dst_port, _ = dest
         dst_st = dst_dp._state
         assert dst_st is not None
-        dst = Endpoint(dst_ip, pkt.dport, dst_vrf.name, dst_port.sgs)
-        # Policy is checked once the destination (its network and SGs) is known.
-        checks: list[tuple[str, str, tuple[bool, str | None]]] = [
-            (st.node, f"egress SGs of {port.uuid}",
-             sg_allows(st.security_groups, port.sgs, "egress", proto, src, dst)),
-            (st.node, f"ACL of {vrf.name}", acl_verdict(vrf.acl, proto, src, dst)),
-        ]
-        if dst_vrf.name != vrf.name:
-            checks.append((dst_st.node, f"ACL of {dst_vrf.name}",
-                           acl_verdict(dst_vrf.acl, proto, src, dst)))
-        checks.append((dst_st.node, f"ingress SGs of {dst_port.uuid}",
-                       sg_allows(dst_st.security_groups, dst_port.sgs, "ingress", proto, src,
-                                 dst)))
-        for node, what, (allowed, by) in checks:
-            if by is not None:
-                hops.append(f"{node}: {what}: {'pass' if allowed else 'deny'} by {by}")
-            if not allowed:
-                return TraceResult("dropped", node=node, rule=by, hops=tuple(hops))
+        src_ip = ipaddress.ip_address(pkt.src)
+        verdict = evaluate(proto, src_ip, pkt.sport, dst_ip, pkt.dport,
+                           Side(st, port), Side(dst_st, dst_port))
+        self.last_verdict = verdict
+        for g in verdict.gates:
+            d = g.decision
+            if d.rule is not None:
+                hops.append(f"{g.node}: {g.what}: {'pass' if d.allowed else 'deny'} by {d.rule}"
+                            + (" (logged)" if d.log else ""))
+        denied = verdict.denied_by
+        if denied is not None:
+            return TraceResult("dropped", node=denied.node, rule=denied.decision.rule,
+                               hops=tuple(hops))
         hops.append(f"{dst_st.node}: delivered to {dst_port.ifname} ({dst_port.uuid})")
         return TraceResult("delivered", port=dst_port.uuid, node=dst_st.node, hops=tuple(hops))
 

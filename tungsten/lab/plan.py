@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tungsten.lab.topology import DOMAIN, Policy, Rule, Topology
+from tungsten.lab.topology import (
+    DOMAIN,
+    AddressGroup,
+    FirewallPolicy,
+    FwRule,
+    Policy,
+    Rule,
+    SecurityGroup,
+    Topology,
+    tag_expression,
+)
 
 UNDERLAY = ipaddress.ip_network("192.0.2.0/24")  # documentation range (RFC 5737)
 UNDERLAY_IF = "ul0"  # a node's underlay interface, inside its namespace
@@ -84,15 +94,19 @@ def project_body(name: str) -> dict[str, Any]:
     return {"project": {"fq_name": [DOMAIN, name], "parent_type": "domain"}}
 
 
-def network_body(topo: Topology, name: str, policy_uuids: list[str]) -> dict[str, Any]:
+def network_body(topo: Topology, name: str, policy_uuids: list[str],
+                 tag_uuids: list[str] | None = None) -> dict[str, Any]:
     net = topo.network(name)
     prefix = ipaddress.ip_network(net.subnet)
-    return {"virtual-network": {
+    body: dict[str, Any] = {
         "fq_name": net.fq_name, "parent_type": "project",
         "network_ipam_refs": [{"to": IPAM, "attr": {"ipam_subnets": [{"subnet": {
             "ip_prefix": str(prefix.network_address), "ip_prefix_len": prefix.prefixlen}}]}}],
         "network_policy_refs": [{"uuid": u, "attr": {"sequence": {"major": i, "minor": 0}}}
-                                for i, u in enumerate(policy_uuids)]}}
+                                for i, u in enumerate(policy_uuids)]}
+    if tag_uuids:
+        body["tag_refs"] = [{"uuid": u} for u in tag_uuids]
+    return {"virtual-network": body}
 
 
 def _address(topo: Topology, end: str) -> dict[str, Any]:
@@ -126,10 +140,138 @@ def policies_of(topo: Topology, network: str) -> list[str]:
     return [p.name for p in topo.policies if network in p.networks]
 
 
-def cni_conflist(lab: str, node: NodePlan, labdir: Path) -> str:
-    """A placeholder CNI network-config list for a runtime on ``node`` (the plugin comes with
-    the CNI issue)."""
+def cni_conflist(lab: str, node: NodePlan, labdir: Path, network_fq: str) -> str:
+    """The CNI network-config list a runtime on ``node`` uses: ``tungsten-cni`` talking to
+    the node's agent, attaching to ``network_fq`` (the lab attaches workloads of other
+    networks with the same config and their own ``network``)."""
     return json.dumps({
-        "cniVersion": "1.0.0", "name": f"tungsten-{lab}",
-        "plugins": [{"type": "tungsten-cni", "agent_socket": str(node.socket(labdir)),
-                     "netns_of_node": node.netns}]}, indent=2) + "\n"
+        "cniVersion": "1.1.0", "name": f"tungsten-{lab}",
+        "plugins": [{"type": "tungsten-cni", "network": network_fq,
+                     "agentSocket": str(node.socket(labdir))}]}, indent=2) + "\n"
+
+
+def node_network(topo: Topology, node: str) -> str:
+    """The network a node's CNI config names: its first workload's, else the first one."""
+    name = next((w.network for w in topo.workloads if w.node == node), topo.networks[0].name
+                if topo.networks else "default-virtual-network")
+    if not topo.networks:
+        return f"{DOMAIN}:default-project:{name}"
+    return ":".join(topo.network(name).fq_name)
+
+
+# -- security: tags, security groups, address groups, firewall (docs/security.md) -----------
+ANY_PORTS = {"start_port": 0, "end_port": 65535}
+
+
+def _port_range(ports: tuple[int, int]) -> dict[str, int]:
+    lo, hi = ports
+    return dict(ANY_PORTS) if lo == -1 else {"start_port": lo, "end_port": hi}
+
+
+def tag_body(project: str, tag: str) -> dict[str, Any]:
+    """A project-scoped tag ``type=value``."""
+    kind, _, value = tag.partition("=")
+    return {"tag": {"fq_name": [DOMAIN, project, tag], "parent_type": "project",
+                    "tag_type_name": kind, "tag_value": value}}
+
+
+def tag_refs_body(rtype: str, tag_uuids: list[str]) -> dict[str, Any]:
+    return {rtype: {"tag_refs": [{"uuid": u} for u in tag_uuids]}}
+
+
+def address_group_body(group: AddressGroup) -> dict[str, Any]:
+    subnets = [{"ip_prefix": str(n.network_address), "ip_prefix_len": n.prefixlen}
+               for n in map(ipaddress.ip_network, group.prefixes)]
+    return {"address-group": {"fq_name": [DOMAIN, group.project, group.name],
+                              "parent_type": "project",
+                              "address_group_prefix": {"subnet": subnets}}}
+
+
+def security_group_body(topo: Topology, group: SecurityGroup) -> dict[str, Any]:
+    """An SG with TF's PolicyRuleType rules: the local end is ``local``; the remote end a
+    CIDR, ``any`` or another group of the lab (by fq name); ports are destination ports."""
+    rules = []
+    for i, r in enumerate(group.rules):
+        if r.remote in {g.name for g in topo.security_groups}:
+            owner = next(g for g in topo.security_groups if g.name == r.remote)
+            remote: dict[str, Any] = {"security_group": ":".join([DOMAIN, owner.project,
+                                                                   owner.name])}
+        elif r.remote == "any":
+            remote = {"subnet": {"ip_prefix": "::" if r.ethertype == "IPv6" else "0.0.0.0",
+                                 "ip_prefix_len": 0}}
+        else:
+            n = ipaddress.ip_network(r.remote)
+            remote = {"subnet": {"ip_prefix": str(n.network_address),
+                                 "ip_prefix_len": n.prefixlen}}
+        local = {"security_group": "local"}
+        src, dst = (remote, local) if r.direction == "ingress" else (local, remote)
+        rules.append({
+            "rule_uuid": str(uuidlib.uuid5(RULE_NS, f"{topo.name}/sg/{group.name}/{i}")),
+            "direction": ">", "protocol": r.protocol, "ethertype": r.ethertype,
+            "src_addresses": [src], "dst_addresses": [dst],
+            "src_ports": [dict(ANY_PORTS)], "dst_ports": [_port_range(r.ports)]})
+    return {"security-group": {"fq_name": [DOMAIN, group.project, group.name],
+                               "parent_type": "project",
+                               "security_group_entries": {"policy_rule": rules}}}
+
+
+def _fw_endpoint(topo: Topology, project: str, text: str) -> dict[str, Any]:
+    tags = tag_expression(text)
+    if tags:
+        return {"tags": tags}
+    if text == "any":
+        return {"any": True}
+    if any(n.name == text for n in topo.networks):
+        return {"virtual_network": ":".join(topo.network(text).fq_name)}
+    group = next((a for a in topo.address_groups if a.name == text), None)
+    if group is not None:
+        return {"address_group": ":".join([DOMAIN, group.project, group.name])}
+    n = ipaddress.ip_network(text)
+    return {"subnet": {"ip_prefix": str(n.network_address), "ip_prefix_len": n.prefixlen}}
+
+
+def firewall_rule_name(policy: FirewallPolicy, index: int) -> str:
+    return f"{policy.name}-{index + 1}"
+
+
+def firewall_rule_body(topo: Topology, policy: FirewallPolicy, index: int, rule: FwRule
+                       ) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "fq_name": [DOMAIN, policy.project, firewall_rule_name(policy, index)],
+        "parent_type": "project", "direction": rule.direction,
+        "action_list": {"simple_action": rule.action},
+        "service": {"protocol": rule.protocol, "src_ports": dict(ANY_PORTS),
+                    "dst_ports": _port_range(rule.ports)},
+        "endpoint_1": _fw_endpoint(topo, policy.project, rule.src),
+        "endpoint_2": _fw_endpoint(topo, policy.project, rule.dst)}
+    if rule.match_tags:
+        body["match_tags"] = {"tag_list": list(rule.match_tags)}
+    return {"firewall-rule": body}
+
+
+def _sequenced(uuids: list[str]) -> list[dict[str, Any]]:
+    return [{"uuid": u, "attr": {"sequence": str(i + 1)}} for i, u in enumerate(uuids)]
+
+
+def firewall_policy_body(policy: FirewallPolicy, rule_uuids: list[str]) -> dict[str, Any]:
+    return {"firewall-policy": {"fq_name": [DOMAIN, policy.project, policy.name],
+                                "parent_type": "project",
+                                "firewall_rule_refs": _sequenced(rule_uuids)}}
+
+
+def policy_set_body(project: str, name: str, app_tag_uuid: str | None,
+                    policy_uuids: list[str]) -> dict[str, Any]:
+    """A set bound to an application tag (``app_tag_uuid``), or, without one, the policies of
+    the project's default set (an update of the set the API made with the project)."""
+    if app_tag_uuid is None:
+        return {"application-policy-set": {"firewall_policy_refs": _sequenced(policy_uuids)}}
+    return {"application-policy-set": {
+        "fq_name": [DOMAIN, project, name], "parent_type": "project",
+        "tag_refs": [{"uuid": app_tag_uuid}],
+        "firewall_policy_refs": _sequenced(policy_uuids)}}
+
+
+def port_security_body(sg_uuids: list[str], tag_uuids: list[str]) -> dict[str, Any]:
+    return {"virtual-machine-interface": {
+        "security_group_refs": [{"uuid": u} for u in sg_uuids],
+        "tag_refs": [{"uuid": u} for u in tag_uuids]}}

@@ -33,6 +33,7 @@ from tungsten.lab.topology import Topology
 
 NETNS_DIR = Path("/run/netns")
 READY_TIMEOUT = 60.0  # upper bound for a process or a port to become ready (not a goal)
+AGENT_STALE_TIME = 60.0  # the controller's --agent-stale-time in a lab
 
 Say = Callable[[str], None]
 
@@ -135,6 +136,7 @@ class Up:
         self._agents(url)
         self._config(url)
         self._workloads(url)
+        self._port_security(url)
         self.state.phase = "up"
         self.state.save()
         return self.state
@@ -193,7 +195,9 @@ class Up:
         log = self.labdir / "controller.log"
         proc = self._spawn("controller", [
             sys.executable, "-m", "tungsten", "controller", "--listen", f"127.0.0.1:{port}",
-            "--store", f"sqlite:///{self.labdir / 'config.db'}", "--hold-time", "3"], log)
+            "--store", f"sqlite:///{self.labdir / 'config.db'}", "--hold-time", "3",
+            # a crashed agent's node keeps forwarding (headless): keep its routes a minute
+            "--agent-stale-time", str(AGENT_STALE_TIME)], log)
         self.state.controller = url
         self.state.save()
 
@@ -222,7 +226,8 @@ class Up:
                 log)))
             conf = n.cni_conf(self.labdir)
             conf.parent.mkdir(parents=True, exist_ok=True)
-            conf.write_text(lp.cni_conflist(self.topo.name, n, self.labdir))
+            conf.write_text(lp.cni_conflist(self.topo.name, n, self.labdir,
+                                            lp.node_network(self.topo, n.name)))
             self.state.nodes.append({
                 "name": n.name, "underlay_ip": n.underlay_ip, "netns": n.netns,
                 "agent_socket": str(n.socket(self.labdir)), "cni_conf": str(conf)})
@@ -252,56 +257,142 @@ class Up:
                      f"{', '.join(pol.networks)}")
             out = api_call(url, "POST", "/network-policys", lp.policy_body(topo, pol))
             policy_uuids[pol.name] = str(out["network-policy"]["uuid"])
+        self._security_config(url)
         self.vn_uuids: dict[str, str] = {}
         for net in topo.networks:
             self.say(f"network {net.project}/{net.name} {net.subnet}")
             body = lp.network_body(topo, net.name, [policy_uuids[p] for p in
-                                                    lp.policies_of(topo, net.name)])
+                                                    lp.policies_of(topo, net.name)],
+                                   [self.tag_uuids[(net.project, t)] for t in net.tags])
             out = api_call(url, "POST", "/virtual-networks", body)
             self.vn_uuids[net.name] = str(out["virtual-network"]["uuid"])
 
-    def _gateway(self, url: str, network: str) -> str | None:
-        vn = api_call(url, "GET", f"/virtual-network/{self.vn_uuids[network]}")
-        for ref in vn["virtual-network"].get("network_ipam_refs") or []:
-            for s in (ref.get("attr") or {}).get("ipam_subnets") or []:
-                gw = s.get("default_gateway")
-                if gw and gw != "0.0.0.0":
-                    return str(gw)
-        return None
+    def _security_config(self, url: str) -> None:
+        """Tags, address groups, security groups, firewall policies and policy sets
+        (docs/security.md); project tags.  Ports get theirs in ``_port_security``."""
+        topo = self.topo
+        self.tag_uuids: dict[tuple[str, str], str] = {}
+        for proj, tag in topo.tags():
+            out = api_call(url, "POST", "/tags", lp.tag_body(proj, tag))
+            self.tag_uuids[(proj, tag)] = str(out["tag"]["uuid"])
+        for proj, tags in topo.project_tags:
+            self.say(f"project {proj}: tags {', '.join(tags)}")
+            pid = api_call(url, "POST", "/fqname-to-id",
+                           {"type": "project", "fq_name": ["default-domain", proj]})["uuid"]
+            api_call(url, "PUT", f"/project/{pid}", lp.tag_refs_body(
+                "project", [self.tag_uuids[(proj, t)] for t in tags]))
+        for ag in topo.address_groups:
+            self.say(f"address group {ag.project}/{ag.name}: {len(ag.prefixes)} prefixes")
+            api_call(url, "POST", "/address-groups", lp.address_group_body(ag))
+        self.sg_uuids: dict[str, str] = {}
+        for sg in topo.security_groups:
+            self.say(f"security group {sg.project}/{sg.name}: {len(sg.rules)} rules")
+            out = api_call(url, "POST", "/security-groups", lp.security_group_body(topo, sg))
+            self.sg_uuids[sg.name] = str(out["security-group"]["uuid"])
+        fw_uuids: dict[str, str] = {}
+        for pol in topo.firewall_policies:
+            self.say(f"firewall policy {pol.project}/{pol.name}: {len(pol.rules)} rules")
+            rules = [str(api_call(url, "POST", "/firewall-rules",
+                                  lp.firewall_rule_body(topo, pol, i, r))["firewall-rule"]
+                         ["uuid"]) for i, r in enumerate(pol.rules)]
+            out = api_call(url, "POST", "/firewall-policys", lp.firewall_policy_body(pol, rules))
+            fw_uuids[pol.name] = str(out["firewall-policy"]["uuid"])
+        for aps in topo.policy_sets:
+            pols = [fw_uuids[p] for p in aps.policies]
+            if aps.application is None:
+                self.say(f"default policy set of {aps.project}: {', '.join(aps.policies)}")
+                uid = api_call(url, "POST", "/fqname-to-id", {
+                    "type": "application-policy-set",
+                    "fq_name": ["default-domain", aps.project,
+                                "default-application-policy-set"]})["uuid"]
+                api_call(url, "PUT", f"/application-policy-set/{uid}",
+                         lp.policy_set_body(aps.project, aps.name, None, pols))
+                continue
+            self.say(f"policy set {aps.project}/{aps.name} for application={aps.application}:"
+                     f" {', '.join(aps.policies)}")
+            tag = self.tag_uuids[(aps.project, f"application={aps.application}")]
+            api_call(url, "POST", "/application-policy-sets",
+                     lp.policy_set_body(aps.project, aps.name, tag, pols))
+
+    def _port_security(self, url: str) -> None:
+        """The workloads' security groups and tags, on their ports (made by CNI ADD)."""
+        for w in self.topo.workloads:
+            if not w.security_groups and not w.tags:
+                continue
+            rec = next(r for r in self.state.workloads if r["name"] == w.name)
+            proj = self.topo.network(w.network).project
+            api_call(url, "PUT", f"/virtual-machine-interface/{rec['port_uuid']}",
+                     lp.port_security_body([self.sg_uuids[g] for g in w.security_groups],
+                                           [self.tag_uuids[(proj, t)] for t in w.tags]))
+            self.say(f"workload {w.name}: security groups {list(w.security_groups)}, "
+                     f"tags {list(w.tags)}")
 
     def _workloads(self, url: str) -> None:
-        from tungsten.datapath.linux import plumb
-
+        """Attach each workload as a container runtime would: ``tungsten-cni`` ADD with its
+        node's CNI config (and the workload's network), netns and ``eth0``."""
         for w in self.plan.workloads:
             node = self.plan.node(w.node)
             sock = node.socket(self.labdir)
-            port = agent_call(sock, "POST", "/ports",
-                              {"network": w.network_fq, "name": w.name, "wait": 0})
-            uuid = str(port["uuid"])
             self.state.workloads.append({"name": w.name, "node": w.node,
                                          "network": w.network, "netns": w.netns,
-                                         "port_uuid": uuid, "ifname": port["ifname"]})
-            self.state.save()
-
-            def known(uuid: str = uuid, sock: Path = sock) -> bool:
-                ports = agent_call(sock, "GET", "/ports")
-                return any(p["uuid"] == uuid and p.get("mac") and p.get("ips") for p in ports)
-
-            _deadline_loop(f"the port of {w.name} on {w.node}", known, lambda: None)
-            info = next(p for p in agent_call(sock, "GET", "/ports") if p["uuid"] == uuid)
-            gw = self._gateway(url, w.network)
-            plumb.plug(node.netns, w.netns, info["ifname"], info["mac"], info["ips"], gw,
-                       int(info["mtu"]))
-            info = agent_call(sock, "POST", "/ports", {"vmi": uuid, "wait": READY_TIMEOUT})
-            if not info.get("plugged"):
-                raise LabError(f"the port of {w.name} was not plugged on {w.node} "
+                                         "container_id": w.netns})
+            self.state.save()  # recorded before the ADD: `down` DELs it
+            result = cni_call("ADD", node.cni_conf(self.labdir), w.network_fq, w.netns,
+                              labels={"lab": self.topo.name, "workload": w.name},
+                              timeout=READY_TIMEOUT)
+            att = next((a for a in agent_call(sock, "GET", "/cni/attachments")
+                        if a["containerID"] == w.netns), None)
+            info = next((p for p in agent_call(sock, "GET", "/ports")
+                         if att and p["uuid"] == att["port"]), None)
+            if result is None or info is None:
+                raise LabError(f"the port of {w.name} is not on {w.node} after CNI ADD "
                                f"(see {self.labdir / f'agent-{w.node}.log'})")
             prefix_len = info.get("prefix_len") or 32
             ip = f"{info['ips'][0]}/{prefix_len}"
-            self.state.workloads[-1].update(ip=ip, mac=info["mac"], ips=info["ips"],
+            gw = next((r["gw"] for r in result.get("routes", ()) if r.get("gw")), None)
+            self.state.workloads[-1].update(port_uuid=info["uuid"], ifname=info["ifname"],
+                                            ip=ip, mac=info["mac"], ips=info["ips"],
                                             gateway=gw, mtu=info["mtu"])
             self.state.save()
             self.say(f"workload {w.name} on {w.node}: {w.network} {ip} mac {info['mac']}")
+
+
+def cni_command() -> list[str]:
+    """``tungsten-cni`` next to this interpreter (the installed script), else the module."""
+    script = Path(sys.executable).parent / "tungsten-cni"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tungsten.cni.plugin"]
+
+
+def cni_call(command: str, conflist: Path, network_fq: str | None, netns: str,
+             labels: dict[str, str] | None = None, timeout: float = 10.0) \
+        -> dict[str, Any] | None:
+    """Run the first plugin of ``conflist`` for workload namespace ``netns`` (its container
+    id too) on ``eth0``, as a runtime does; its result, or a LabError with the CNI error."""
+    try:
+        data = json.loads(conflist.read_text())
+    except (OSError, ValueError) as e:
+        raise LabError(f"cannot read the CNI config {conflist}: {e}") from None
+    conf = {**data["plugins"][0], "cniVersion": data["cniVersion"], "name": data["name"],
+            "timeout": timeout}
+    if network_fq:
+        conf["network"] = network_fq
+    if labels:
+        conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
+    cmd = cni_command()
+    env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": netns,
+           "CNI_NETNS": str(NETNS_DIR / netns), "CNI_IFNAME": "eth0",
+           "CNI_PATH": str(Path(cmd[0]).parent)}
+    try:
+        r = subprocess.run(cmd, input=json.dumps(conf), env=env, capture_output=True,
+                           text=True, timeout=timeout + 60, check=False)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"tungsten-cni {command} for {netns} did not finish") from None
+    out = json.loads(r.stdout) if r.stdout.strip() else None
+    if r.returncode != 0:
+        msg = out.get("msg") if isinstance(out, dict) else r.stderr.strip()
+        code = out.get("code") if isinstance(out, dict) else r.returncode
+        raise LabError(f"tungsten-cni {command} for {netns} failed (code {code}): {msg}")
+    return out if isinstance(out, dict) else None
 
 
 # -- down -----------------------------------------------------------------------------------
@@ -334,6 +425,21 @@ def _stop(procs: list[psutil.Process]) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+def _detach_workloads(state: LabState | None, say: Say) -> None:
+    """CNI DEL for every workload, best effort (its agent may be gone already): the ports
+    and their addresses go the way a runtime would remove them."""
+    confs = {n["name"]: Path(n["cni_conf"]) for n in (state.nodes if state else ())
+             if n.get("cni_conf")}
+    wls = [w for w in (state.workloads if state else ()) if w.get("node") in confs]
+    if wls:
+        say(f"workloads: CNI DEL for {len(wls)}")
+    for w in wls:
+        try:
+            cni_call("DEL", confs[w["node"]], None, str(w.get("container_id") or w["netns"]))
+        except LabError as e:
+            say(f"  {w['name']}: {e}")
+
+
 def down(labdir: Path, say: Say) -> None:
     """Remove everything of the lab in ``labdir``: its ``up`` if still running, processes,
     namespaces, files.  Safe to repeat; nothing already gone is an error."""
@@ -346,6 +452,7 @@ def down(labdir: Path, say: Say) -> None:
                 p.kill()
                 p.wait(10)
         state = LabState.load(labdir) or state  # it may have recorded more meanwhile
+    _detach_workloads(state, say)
     procs = _lab_processes(labdir, state)
     if procs:
         say(f"processes: stopping {len(procs)}")

@@ -9,6 +9,7 @@ of the offending key or value.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,14 @@ LAB_NAME = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,11}$"}
 PORTS = {"oneOf": [{"type": "string", "pattern": r"^(any|[0-9]{1,5}(-[0-9]{1,5})?)$"},
                    {"type": "integer", "minimum": 0, "maximum": 65535}]}
 
+PROTOCOL = {"oneOf": [{"enum": ["any", "tcp", "udp", "icmp"]},
+                     {"type": "integer", "minimum": 0, "maximum": 255},
+                     {"type": "string", "pattern": "^[0-9]{1,3}$"}]}
+TAG_TYPES = ("application", "tier", "deployment", "site", "label")
+# "type=value"; only label may appear more than once on one object
+TAG = {"type": "string", "pattern": f"^({'|'.join(TAG_TYPES)})=[A-Za-z0-9_.-]{{1,64}}$"}
+TAGS = {"type": "array", "items": TAG}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "Tungsten lab topology",
@@ -38,11 +47,48 @@ SCHEMA: dict[str, Any] = {
         "networks": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
             "required": ["name", "subnet"],
-            "properties": {"name": NAME, "project": NAME, "subnet": {"type": "string"}}}},
+            "properties": {"name": NAME, "project": NAME, "subnet": {"type": "string"},
+                           "tags": TAGS}}},
         "workloads": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
             "required": ["name", "node", "network"],
-            "properties": {"name": NAME, "node": NAME, "network": NAME}}},
+            "properties": {"name": NAME, "node": NAME, "network": NAME,
+                           "security_groups": {"type": "array", "items": NAME},
+                           "tags": TAGS}}},
+        "project_tags": {"type": "object", "additionalProperties": TAGS},
+        "address_groups": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "prefixes"],
+            "properties": {"name": NAME, "project": NAME,
+                           "prefixes": {"type": "array", "items": {"type": "string"},
+                                        "minItems": 1}}}},
+        "security_groups": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "rules"],
+            "properties": {"name": NAME, "project": NAME, "rules": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False, "required": ["direction"],
+                "properties": {"direction": {"enum": ["ingress", "egress"]},
+                               "protocol": PROTOCOL, "ports": PORTS,
+                               "remote": {"type": "string"},
+                               "ethertype": {"enum": ["IPv4", "IPv6"]}}}}}}},
+        "firewall_policies": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "rules"],
+            "properties": {"name": NAME, "project": NAME, "rules": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["action", "from", "to"],
+                "properties": {"action": {"enum": ["pass", "deny"]},
+                               "protocol": PROTOCOL, "ports": PORTS,
+                               "from": {"type": "string"}, "to": {"type": "string"},
+                               "direction": {"enum": [">", "<", "<>"]},
+                               "match_tags": {"type": "array", "items": {"enum": [
+                                   "application", "tier", "deployment", "site"]}}}}}}}},
+        "application_policy_sets": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "policies"],
+            "properties": {"name": NAME, "project": NAME,
+                           "application": {"type": "string"},
+                           "policies": {"type": "array", "items": NAME}}}},
         "policies": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
             "required": ["name", "networks", "rules"],
@@ -54,10 +100,7 @@ SCHEMA: dict[str, Any] = {
                     "required": ["action", "src", "dst"],
                     "properties": {
                         "action": {"enum": ["pass", "deny"]},
-                        "protocol": {"oneOf": [
-                            {"enum": ["any", "tcp", "udp", "icmp"]},
-                            {"type": "integer", "minimum": 0, "maximum": 255},
-                            {"type": "string", "pattern": "^[0-9]{1,3}$"}]},
+                        "protocol": PROTOCOL,
                         "src": {"type": "string"}, "dst": {"type": "string"},
                         "src_ports": PORTS, "dst_ports": PORTS,
                         "direction": {"enum": [">", "<>"]}}}}}}},
@@ -78,6 +121,7 @@ class Network:
     name: str
     project: str
     subnet: str  # normalised, e.g. 198.51.100.0/24
+    tags: tuple[str, ...] = ()
 
     @property
     def fq_name(self) -> list[str]:
@@ -89,6 +133,8 @@ class Workload:
     name: str
     node: str
     network: str
+    security_groups: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # "type=value"
 
 
 @dataclass(frozen=True)
@@ -111,6 +157,55 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class AddressGroup:
+    name: str
+    project: str
+    prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SgRule:
+    direction: str  # "ingress" | "egress"
+    protocol: str
+    ports: tuple[int, int]  # destination ports; (-1, -1) is any
+    remote: str  # "any", a CIDR, or a security group of the file
+    ethertype: str
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    name: str
+    project: str
+    rules: tuple[SgRule, ...]
+
+
+@dataclass(frozen=True)
+class FwRule:
+    action: str
+    protocol: str
+    ports: tuple[int, int]  # destination ports; (-1, -1) is any
+    src: str  # "any", tags "type=value & ...", a network or address group of the file, a CIDR
+    dst: str
+    direction: str
+    match_tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FirewallPolicy:
+    name: str
+    project: str
+    rules: tuple[FwRule, ...]
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    name: str
+    project: str
+    application: str | None  # the application tag's value; None: the project's default set
+    policies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     nodes: tuple[str, ...]
@@ -119,6 +214,30 @@ class Topology:
     workloads: tuple[Workload, ...] = ()
     policies: tuple[Policy, ...] = ()
     source: str = field(default="", compare=False)
+    project_tags: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    address_groups: tuple[AddressGroup, ...] = ()
+    security_groups: tuple[SecurityGroup, ...] = ()
+    firewall_policies: tuple[FirewallPolicy, ...] = ()
+    policy_sets: tuple[PolicySet, ...] = ()
+
+    def tags(self) -> list[tuple[str, str]]:
+        """Every (project, "type=value") tag the file uses, in first-use order."""
+        out: dict[tuple[str, str], None] = {}
+        for proj, tags in self.project_tags:
+            out.update(dict.fromkeys((proj, t) for t in tags))
+        for n in self.networks:
+            out.update(dict.fromkeys((n.project, t) for t in n.tags))
+        for w in self.workloads:
+            proj = self.network(w.network).project
+            out.update(dict.fromkeys((proj, t) for t in w.tags))
+        for p in self.firewall_policies:
+            for r in p.rules:
+                for end in (r.src, r.dst):
+                    out.update(dict.fromkeys((p.project, t) for t in tag_expression(end)))
+        for a in self.policy_sets:
+            if a.application is not None:
+                out[(a.project, f"application={a.application}")] = None
+        return list(out)
 
     def network(self, name: str) -> Network:
         return next(n for n in self.networks if n.name == name)
@@ -321,6 +440,119 @@ def _semantic_errors(data: dict[str, Any],
                 if lo > hi or hi > 65535:
                     yield (marks.at(("policies", i, "rules", j, end)),
                            f"policy {p['name']!r} rule {j + 1}: bad port range {r[end]!r}")
+    yield from _security_errors(data, marks, set(networks), projects)
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return False
+    return True
+
+
+def _security_errors(data: dict[str, Any], marks: _Marks, networks: set[str],
+                     projects: set[str]) -> Iterator[tuple[tuple[int, int], str]]:
+    """Security groups, tags, address groups, firewall policies and policy sets."""
+    def tag_list(tags: list[str], path: Path_, what: str
+                 ) -> Iterator[tuple[tuple[int, int], str]]:
+        seen: set[str] = set()
+        for k, t in enumerate(tags):
+            kind = t.partition("=")[0]
+            if kind != "label" and kind in seen:
+                yield (marks.at((*path, k)),
+                       f"{what}: a second {kind!r} tag (only label may repeat)")
+            seen.add(kind)
+
+    for proj, tags in data.get("project_tags", {}).items():
+        if proj not in projects:
+            yield (marks.at(("project_tags", proj), key=True),
+                   f"project_tags: unknown project {proj!r} (list it in projects)")
+        yield from tag_list(tags, ("project_tags", proj), f"project {proj!r}")
+    for i, n in enumerate(data.get("networks", [])):
+        yield from tag_list(n.get("tags", []), ("networks", i, "tags"),
+                            f"network {n['name']!r}")
+
+    def unique(section: str) -> dict[str, int]:
+        return {e["name"]: i for i, e in enumerate(data.get(section, []))}
+
+    groups, addr_groups = unique("security_groups"), unique("address_groups")
+    fw_policies = unique("firewall_policies")
+    for section in ("security_groups", "address_groups", "firewall_policies",
+                    "application_policy_sets"):
+        seen: set[str] = set()
+        for i, e in enumerate(data.get(section, [])):
+            if e["name"] in seen:
+                yield (marks.at((section, i, "name")),
+                       f"{section}: {e['name']!r} is defined twice")
+            seen.add(e["name"])
+            proj = e.get("project", DEFAULT_PROJECT)
+            if proj not in projects:
+                yield (marks.at((section, i, "project")),
+                       f"{section}: {e['name']!r}: unknown project {proj!r}")
+    for i, w in enumerate(data.get("workloads", [])):
+        for k, g in enumerate(w.get("security_groups", [])):
+            if g not in groups:
+                yield (marks.at(("workloads", i, "security_groups", k)),
+                       f"workload {w['name']!r}: unknown security group {g!r}")
+        yield from tag_list(w.get("tags", []), ("workloads", i, "tags"),
+                            f"workload {w['name']!r}")
+    for i, a in enumerate(data.get("address_groups", [])):
+        for k, x in enumerate(a["prefixes"]):
+            if not _is_cidr(x):
+                yield (marks.at(("address_groups", i, "prefixes", k)),
+                       f"address group {a['name']!r}: bad prefix {x!r}")
+    for i, g in enumerate(data.get("security_groups", [])):
+        for j, r in enumerate(g["rules"]):
+            where = f"security group {g['name']!r} rule {j + 1}"
+            remote = r.get("remote", "any")
+            if remote != "any" and remote not in groups and not _is_cidr(remote):
+                yield (marks.at(("security_groups", i, "rules", j, "remote")),
+                       f"{where}: remote {remote!r} is neither any, a CIDR nor a security "
+                       "group of the lab")
+            lo, hi = _ports(r.get("ports", "any"))
+            if lo > hi or hi > 65535:
+                yield (marks.at(("security_groups", i, "rules", j, "ports")),
+                       f"{where}: bad port range {r.get('ports')!r}")
+    tag_re = re.compile(str(TAG["pattern"]))
+    for i, p in enumerate(data.get("firewall_policies", [])):
+        for j, r in enumerate(p["rules"]):
+            where = f"firewall policy {p['name']!r} rule {j + 1}"
+            for end in ("from", "to"):
+                text = r[end]
+                tags = tag_expression(text)
+                if tags:
+                    bad = [t for t in tags if not tag_re.match(t)]
+                    if bad:
+                        yield (marks.at(("firewall_policies", i, "rules", j, end)),
+                               f"{where}: {end} {bad[0]!r} is not a tag type=value "
+                               f"(types: {', '.join(TAG_TYPES)})")
+                elif text != "any" and text not in networks and text not in addr_groups \
+                        and not _is_cidr(text):
+                    yield (marks.at(("firewall_policies", i, "rules", j, end)),
+                           f"{where}: {end} {text!r} is neither any, tags, a network, an "
+                           "address group of the lab nor a CIDR")
+            lo, hi = _ports(r.get("ports", "any"))
+            if lo > hi or hi > 65535:
+                yield (marks.at(("firewall_policies", i, "rules", j, "ports")),
+                       f"{where}: bad port range {r.get('ports')!r}")
+    for i, a in enumerate(data.get("application_policy_sets", [])):
+        for k, name in enumerate(a["policies"]):
+            if name not in fw_policies:
+                yield (marks.at(("application_policy_sets", i, "policies", k)),
+                       f"application policy set {a['name']!r}: unknown firewall policy "
+                       f"{name!r}")
+        app = a.get("application")
+        if app is not None and not tag_re.match(f"application={app}"):
+            yield (marks.at(("application_policy_sets", i, "application")),
+                   f"application policy set {a['name']!r}: bad application {app!r}")
+
+
+def tag_expression(text: str) -> list[str]:
+    """The tags of an endpoint written ``type=value & type=value`` ([] if it is not one)."""
+    if "=" not in text:
+        return []
+    return [t.strip() for t in text.split("&")]
 
 
 def _ports(value: str | int) -> tuple[int, int]:
@@ -336,10 +568,33 @@ def _build(data: dict[str, Any], source: str) -> Topology:
         name=data["name"], nodes=tuple(data["nodes"]),
         projects=tuple(data.get("projects", [])),
         networks=tuple(Network(n["name"], n.get("project", DEFAULT_PROJECT),
-                               str(ipaddress.ip_network(n["subnet"])))
+                               str(ipaddress.ip_network(n["subnet"])),
+                               tuple(n.get("tags", ())))
                        for n in data.get("networks", [])),
-        workloads=tuple(Workload(w["name"], w["node"], w["network"])
+        workloads=tuple(Workload(w["name"], w["node"], w["network"],
+                                 tuple(w.get("security_groups", ())), tuple(w.get("tags", ())))
                         for w in data.get("workloads", [])),
+        project_tags=tuple((p, tuple(t)) for p, t in data.get("project_tags", {}).items()),
+        address_groups=tuple(AddressGroup(a["name"], a.get("project", DEFAULT_PROJECT),
+                                          tuple(str(ipaddress.ip_network(x))
+                                                for x in a["prefixes"]))
+                             for a in data.get("address_groups", [])),
+        security_groups=tuple(SecurityGroup(
+            g["name"], g.get("project", DEFAULT_PROJECT),
+            tuple(SgRule(r["direction"], str(r.get("protocol", "any")),
+                         _ports(r.get("ports", "any")), r.get("remote", "any"),
+                         r.get("ethertype", "IPv4")) for r in g["rules"]))
+            for g in data.get("security_groups", [])),
+        firewall_policies=tuple(FirewallPolicy(
+            p["name"], p.get("project", DEFAULT_PROJECT),
+            tuple(FwRule(r["action"], str(r.get("protocol", "any")),
+                         _ports(r.get("ports", "any")), r["from"], r["to"],
+                         r.get("direction", ">"), tuple(r.get("match_tags", ())))
+                  for r in p["rules"]))
+            for p in data.get("firewall_policies", [])),
+        policy_sets=tuple(PolicySet(a["name"], a.get("project", DEFAULT_PROJECT),
+                                    a.get("application"), tuple(a["policies"]))
+                          for a in data.get("application_policy_sets", [])),
         policies=tuple(Policy(
             p["name"], p.get("project", DEFAULT_PROJECT), tuple(p["networks"]),
             tuple(Rule(r["action"], str(r.get("protocol", "any")), r["src"], r["dst"],

@@ -50,6 +50,8 @@ class SimPlan:
     policy_change: bool = False
     hold_time: float = 5.0
     timeout: float = 300.0
+    # also time an SG rule and a firewall rule change until every agent holds it
+    security_change: bool = False
 
     def network_of(self, agent: int, j: int) -> int:
         """The network of port ``j`` of agent ``agent``."""
@@ -163,10 +165,12 @@ async def _drive(plan: SimPlan, tmp: Path, url: str, ctl: asyncio.subprocess.Pro
                  hosts: list[Proc], say: Callable[[str], None]) -> dict[str, Any]:
     procs = plan.procs or max(1, min(plan.agents, (os.cpu_count() or 2) * 2))
     per = math.ceil(plan.agents / procs)
+    # the security-change timing asks the hosts what their agents hold (sechost.py)
+    host_module = "tungsten.sim.sechost" if plan.security_change else "tungsten.sim.host"
     for first in range(0, plan.agents, per):
         count = min(per, plan.agents - first)
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tungsten.sim.host", "--first", str(first), "--count",
+            sys.executable, "-m", host_module, "--first", str(first), "--count",
             str(count), "--control", url, "--api", url, "--state-dir", str(tmp / "agents"),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
             stderr=open(tmp / f"host-{first}.log", "wb"))  # noqa: SIM115 - child owns it
@@ -207,6 +211,7 @@ async def _drive(plan: SimPlan, tmp: Path, url: str, ctl: asyncio.subprocess.Pro
 
         host_of = {node: h for h in hosts for node in h.nodes}
         pending: dict[Proc, dict[str, list[str]]] = {}
+        first_port: dict[str, str] = {}  # node -> one of its ports (security_change)
         total = plan.agents * plan.ports_per_agent
         done = 0
         queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
@@ -227,6 +232,7 @@ async def _drive(plan: SimPlan, tmp: Path, url: str, ctl: asyncio.subprocess.Pro
                     "fq_name": [f"{node}-p{j}-ip"], "virtual_network_refs": [{"uuid": vn}],
                     "virtual_machine_interface_refs": [{"uuid": vmi["uuid"]}]})
                 pending.setdefault(host_of[node], {}).setdefault(node, []).append(vmi["uuid"])
+                first_port.setdefault(node, vmi["uuid"])
                 done += 1
 
         async def plugger(stop: asyncio.Event) -> None:
@@ -292,6 +298,8 @@ async def _drive(plan: SimPlan, tmp: Path, url: str, ctl: asyncio.subprocess.Pro
         if plan.policy_change:
             result["policy_change_s"] = await _policy_change(hosts, url, vns, post, deadline)
             say(f"policy change reached every agent in {result['policy_change_s']:.3f} s")
+        if plan.security_change:
+            result.update(await _security_change(hosts, url, first_port, post, deadline, say))
         return result
 
 
@@ -352,3 +360,94 @@ async def _policy_change(hosts: list[Proc], base: str, vns: list[str],
         added = (await rules())[-1]["rule_uuid"]
         await _wait_rule(hosts, added, deadline)
         return round(time.monotonic() - t0, 3)
+
+
+async def _wait_security(hosts: list[Proc], rule: str, contains: str | None, agents: int,
+                         deadline: float) -> None:
+    """Until ``agents`` agents hold security rule ``rule`` (``sechost.py``)."""
+    while True:
+        held: dict[str, bool] = {}
+        for h in hosts:
+            held.update((await h.call({"op": "security", "rule": rule,
+                                       "contains": contains}))["held"])
+        if len(held) >= agents and all(held.values()):
+            return
+        if time.monotonic() > deadline:
+            missing = agents - sum(held.values())
+            raise SimError(f"security change: {missing} agents never got rule {rule}")
+        await asyncio.sleep(0.01)
+
+
+async def _security_change(hosts: list[Proc], base: str, first_port: dict[str, str],
+                           post: Callable[[str, dict[str, Any]], Any], deadline: float,
+                           say: Callable[[str], None]) -> dict[str, float]:
+    """Time an SG rule and a firewall rule change until every agent holds it.
+
+    Setup (not timed): a security group with one rule on one port of every agent; a firewall
+    rule in a policy of the project's default application-policy-set (it applies to every
+    port of the project); every agent holding both.  Timed: one PUT adding a rule to the
+    group (``sg_rule_change_s``), one PUT changing the firewall rule's port
+    (``fw_rule_change_s``), each until every agent's datapath state holds it."""
+    import uuid as uuidlib
+
+    def sg_rule(port: int) -> dict[str, Any]:
+        return {**_port_rule(port), "direction": ">", "rule_uuid": str(uuidlib.uuid4()),
+                "ethertype": "IPv4", "src_addresses": [{"security_group": "local"}]}
+
+    first = sg_rule(8080)
+    sg = await post("security-group", {
+        "fq_name": [*PROJECT, "sim-sg"], "parent_type": "project",
+        "security_group_entries": {"policy_rule": [first]}})
+    fw_service = {"protocol": "tcp", "src_ports": {"start_port": 0, "end_port": 65535},
+                  "dst_ports": {"start_port": 8080, "end_port": 8080}}
+    fw = await post("firewall-rule", {
+        "fq_name": [*PROJECT, "sim-fw"], "parent_type": "project", "direction": "<>",
+        "action_list": {"simple_action": "pass"}, "service": fw_service,
+        "endpoint_1": {"any": True}, "endpoint_2": {"any": True}})
+    pol = await post("firewall-policy", {
+        "fq_name": [*PROJECT, "sim-fw-pol"], "parent_type": "project",
+        "firewall_rule_refs": [{"uuid": fw["uuid"], "attr": {"sequence": "1"}}]})
+    out: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http:
+        async def call(method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            async with http.request(method, f"{base}{path}", json=body) as r:
+                text = await r.text()
+                if r.status != 200:
+                    raise SimError(f"{method} {path}: {r.status} {text}")
+                reply: dict[str, Any] = orjson.loads(text)
+                return reply
+
+        aps = (await call("POST", "/fqname-to-id", {
+            "type": "application-policy-set",
+            "fq_name": [*PROJECT, "default-application-policy-set"]}))["uuid"]
+        await call("PUT", f"/application-policy-set/{aps}", {"application-policy-set": {
+            "firewall_policy_refs": [{"uuid": pol["uuid"], "attr": {"sequence": "1"}}]}})
+        sem = asyncio.Semaphore(16)
+
+        async def join(vmi: str) -> None:
+            async with sem:
+                await call("PUT", f"/virtual-machine-interface/{vmi}", {
+                    "virtual-machine-interface": {"security_group_refs": [
+                        {"uuid": sg["uuid"]}]}})
+
+        await asyncio.gather(*(join(v) for v in first_port.values()))
+        agents = len(first_port)
+        await _wait_security(hosts, first["rule_uuid"], None, agents, deadline)
+        await _wait_security(hosts, fw["uuid"], None, agents, deadline)
+        say(f"security setup held by every agent ({agents})")
+
+        added = sg_rule(8443)
+        t0 = time.monotonic()
+        await call("PUT", f"/security-group/{sg['uuid']}", {"security-group": {
+            "security_group_entries": {"policy_rule": [first, added]}}})
+        await _wait_security(hosts, added["rule_uuid"], None, agents, deadline)
+        out["sg_rule_change_s"] = round(time.monotonic() - t0, 3)
+        say(f"SG rule change reached every agent in {out['sg_rule_change_s']:.3f} s")
+
+        t0 = time.monotonic()
+        await call("PUT", f"/firewall-rule/{fw['uuid']}", {"firewall-rule": {
+            "service": {**fw_service, "dst_ports": {"start_port": 8443, "end_port": 8443}}}})
+        await _wait_security(hosts, fw["uuid"], "8443", agents, deadline)
+        out["fw_rule_change_s"] = round(time.monotonic() - t0, 3)
+        say(f"firewall rule change reached every agent in {out['fw_rule_change_s']:.3f} s")
+    return out

@@ -12,10 +12,14 @@ Layout of the table::
                     ip saddr map {...}; ct zone set ip daddr map {...}
     chain forward   hook forward, priority filter: ct state established,related accept;
                     iifname vmap {port: jump acl-<vni>}; oifname vmap {port: jump acl-<vni>}
-    chain acl-<vni> the network's ACL rules in order (pass: return, deny: drop), then drop
+                    then the security gates: iifname/oifname vmaps to sg-out / sg-in
+                    and to each port's fw-o-<dev> / fw-i-<dev> (see ``secrules.py``)
+    chain acl-<vni> the network's ACL compiled into one set lookup per run of rules with the
+                    same action (sets acl4p0-<vni>, acl6p0-<vni>, acl4d1-<vni>, ...; see
+                    ``ordered.py``; a logged rule stays a rule), then drop
 
 Every packet costs a fixed number of lookups (the vmaps are hash sets keyed by device name)
-plus the rules of its own network's ACL only.  A network with an empty ACL has no ``acl-``
+plus one per run of its own network's ACL.  A network with an empty ACL has no ``acl-``
 chain: it passes everything.  Rules carry a comment ``tg:<digest of the rule>``; the listed
 table is compared with the plan chain by chain through these digests (``nft`` lists rules in a
 normalised form, so expressions are not compared directly), and only chains that differ are
@@ -31,20 +35,44 @@ kernel keeps the first zone set on a packet, so the zone chain sets exactly one)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import socket
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tungsten.datapath.base import DatapathState, Vrf
+from tungsten.datapath.linux.flowlog import log_statements
+from tungsten.datapath.linux.ordered import (
+    ALL_ADDRS,
+    ANY_PORT,
+    ANY_PROTO,
+    STEPS,
+    Box,
+    SetSpec,
+    Span,
+    Step,
+    box_elem,
+    compile_ordered,
+    digest,
+    intersect,
+    merge,
+    net_span,
+)
+from tungsten.datapath.linux.reeval import Conntrack, Flow
+from tungsten.datapath.linux.secrules import security_chains
+from tungsten.security.verdict import PORT_PROTOCOLS, port_ranges
 
 FAMILY = "inet"
 DEFAULT_TABLE = "tungsten"
 COMMENT_PREFIX = "tg:"
 ZONE_MAX = 65535
-PORT_PROTOCOLS = (6, 17, 132)  # a rule restricting ports with protocol "any": tcp, udp, sctp
 
 Json = dict[str, Any]
 Expr = tuple[Json, ...]
@@ -71,11 +99,38 @@ class Chain:
         return tuple(rule_comment(r) for r in self.rules)
 
 
+def elem_key(elem: Any) -> str:
+    return json.dumps(elem, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class NamedSet:
+    """A named set of the table; its elements change without touching the rules using it."""
+
+    name: str
+    type: tuple[str, ...]
+    elements: tuple[Any, ...] = ()
+    flags: tuple[str, ...] = ("interval",)
+
+    def spec(self) -> tuple[object, ...]:
+        return (self.type, self.flags)
+
+    def by_key(self) -> dict[str, Any]:
+        return self._by_key
+
+    @functools.cached_property
+    def _by_key(self) -> dict[str, Any]:  # planned once, compared on every apply
+        return {elem_key(e): e for e in self.elements}
+
+
 @dataclass(frozen=True)
 class Ruleset:
     table: str
     chains: tuple[Chain, ...]
     zones: Mapping[int, int] = field(default_factory=dict)  # vni -> conntrack zone
+    # the state this table enforces: to re-evaluate established flows after a change
+    state: DatapathState | None = field(default=None, compare=False)
+    sets: tuple[NamedSet, ...] = ()
 
     def chain(self, name: str) -> Chain:
         return next(c for c in self.chains if c.name == name)
@@ -106,6 +161,7 @@ def zones_for(vnis: Iterable[int]) -> dict[int, int]:
     return out
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same prefixes recur in every plan
 def _net(prefix: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(prefix, strict=False)
 
@@ -165,6 +221,8 @@ def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
     chains: list[Chain] = []
     zone_dispatch: list[tuple[str, str]] = []
     acl_dispatch: list[tuple[str, str]] = []
+    resolvers: dict[str, dict[str, Sequence[str]]] = {}
+    acl_sets: list[SetSpec] = []
     for v in vrfs:
         view = vrf_view(state, v)
         zchain = f"z-{v.vni}"
@@ -173,14 +231,19 @@ def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
         if device_of is not None and v.vni in device_of:
             devs.append(device_of[v.vni])
         zone_dispatch += [(d, zchain) for d in devs]
+        resolve: dict[str, Sequence[str]] = {v.name: view.own}
+        for other, prefixes in view.leaked.items():
+            if other in names:
+                resolve[names[other]] = prefixes
+        resolvers[v.network] = resolve
         if v.acl:
             achain = f"acl-{v.vni}"
-            resolve = {v.name: view.own}
-            for other, prefixes in view.leaked.items():
-                if other in names:
-                    resolve[names[other]] = prefixes
-            chains.append(Chain(achain, acl_rules(v.acl, resolve)))
+            arules, asets = acl_chain(v.vni, v.acl, resolve)
+            chains.append(Chain(achain, arules))
+            acl_sets += asets
             acl_dispatch += [(d, achain) for d in ports_of.get(v.network, ())]
+    sec_chains, sec_dispatch, sec_sets = security_chains(state, resolvers)
+    chains += [Chain(name, rules) for name, rules in sec_chains]
 
     zone: list[Expr] = []
     if zone_dispatch:
@@ -193,9 +256,13 @@ def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
     if acl_dispatch:
         fwd.append((_vmap("iifname", acl_dispatch),))
         fwd.append((_vmap("oifname", acl_dispatch),))
+    # the gates after network policy: security groups, then firewall (secrules.py)
+    fwd += [(_vmap(key, pairs),) for key, pairs in sec_dispatch]
     chains.append(Chain("zone", tuple(zone), hook="prerouting", prio=-300))
     chains.append(Chain("forward", tuple(fwd), hook="forward", prio=0))
-    return Ruleset(table, tuple(chains), zones)
+    return Ruleset(table, tuple(chains), zones, state,
+                   tuple(NamedSet(name, kind, tuple(elems))
+                         for name, kind, elems in [*acl_sets, *sec_sets]))
 
 
 def _vmap(key: str, pairs: Sequence[tuple[str, str]]) -> Json:
@@ -236,16 +303,92 @@ class NoMatch(Exception):
     """The rule can never match (for this address family): it is left out."""
 
 
-def acl_rules(acl: Iterable[Mapping[str, Any]],
-              networks: Mapping[str, Sequence[str]]) -> tuple[Expr, ...]:
-    """A network's ACL as nft rules, in order, ending with a drop (a non-empty ACL that
-    matches nothing denies).  ``networks`` resolves a network fq name to its prefixes as the
-    network's VRF sees them; a name it does not hold matches nothing."""
-    out: list[Expr] = []
-    for rule in acl:
-        out.extend(rule_exprs(rule, networks))
-    out.append(({"drop": None},))
-    return tuple(out)
+def acl_chain(vni: int, acl: Iterable[Mapping[str, Any]],
+              networks: Mapping[str, Sequence[str]]
+              ) -> tuple[tuple[Expr, ...], list[SetSpec]]:
+    """A network's ACL as a chain ending with a drop (a non-empty ACL that matches nothing
+    denies) and its named sets: one set lookup per run of rules with the same action
+    (``ordered.py``); a logged rule stays an nft rule of its own.  ``networks`` resolves a
+    network fq name to its prefixes as the network's VRF sees them; a name it does not
+    hold matches nothing."""
+    def name(accept: bool, run: int, version: int) -> str:
+        return f"acl{version}{'p' if accept else 'd'}{run}-{vni}"
+
+    ctx = digest(sorted((k, tuple(v)) for k, v in networks.items()))
+
+    def step(rule: Mapping[str, Any]) -> Step:
+        key = ("acl", repr(rule), ctx)
+        made: Step = STEPS.get(key, lambda: acl_step(rule, networks, key))
+        return made
+
+    return compile_ordered((step(rule) for rule in acl), name)
+
+
+def acl_step(rule: Mapping[str, Any], networks: Mapping[str, Sequence[str]],
+             key: Any = None) -> Step:
+    """One ``AclRuleType`` as boxes per IP version (the semantics of ``rule_exprs``)."""
+    mc = rule.get("match_condition") or {}
+    action = (rule.get("action_list") or {}).get("simple_action", "pass")
+    if (rule.get("action_list") or {}).get("log"):
+        return Step(action != "deny", None, tuple(rule_exprs(rule, networks)))
+    ethertype = mc.get("ethertype")
+    families = {"IPv4": (4,), "IPv6": (6,)}.get(str(ethertype), ()) if ethertype else (4, 6)
+    directions = [("src_address", "src_port", "dst_address", "dst_port")]
+    if rule.get("direction") == "<>":
+        directions.append(("dst_address", "dst_port", "src_address", "src_port"))
+    boxes: dict[int, list[Box]] = {4: [], 6: []}
+    for version in families:
+        for sa, sp, da, dp in directions:
+            try:
+                sports = _ports(mc.get(sp))
+                dports = _ports(mc.get(dp))
+                proto = _proto(mc.get("protocol"))
+                srcs = _address_spans(mc.get(sa), version, networks)
+                dsts = _address_spans(mc.get(da), version, networks)
+            except NoMatch:
+                continue
+            if proto is not None and proto not in PORT_PROTOCOLS:
+                sports, dports = [], []  # only TCP, UDP and SCTP have ports
+            protos: Sequence[Span] = ([ANY_PROTO] if proto is None and not (sports or dports)
+                                      else [(p, p) for p in PORT_PROTOCOLS] if proto is None
+                                      else [(proto, proto)])
+            full = [ALL_ADDRS[version]]
+            boxes[version] += [(p, s, d, spt, dpt) for p in protos
+                               for s in (srcs if srcs is not None else full)
+                               for d in (dsts if dsts is not None else full)
+                               for spt in (sports or [ANY_PORT]) for dpt in (dports or [ANY_PORT])]
+    return Step(action != "deny", boxes, key=key)
+
+
+def _address_spans(addr: Mapping[str, Any] | None, version: int,
+                   networks: Mapping[str, Sequence[str]]) -> list[Span] | None:
+    """The address spans an ``AddressType`` matches in one family (None: any; every field
+    set must match; NoMatch: none)."""
+    if not addr:
+        return None
+    out: list[Span] | None = None
+
+    def restrict(prefixes: Iterable[str]) -> None:
+        nonlocal out
+        mine = merge(net_span(_net(p)) for p in prefixes if _net(p).version == version)
+        if not mine:
+            raise NoMatch
+        out = mine if out is None else intersect(out, mine)
+
+    vn = addr.get("virtual_network")
+    if vn not in (None, "", "any"):
+        restrict(networks.get(str(vn), ()))
+    sub = _subnet(addr.get("subnet"))
+    if sub is not None:
+        restrict([sub])
+    if addr.get("subnet_list"):
+        restrict([s for s in map(_subnet_or_none, addr["subnet_list"]) if s])
+    sg = addr.get("security_group")
+    if sg not in (None, "", "any", "local"):
+        raise NoMatch  # security groups in a network ACL: not resolved here
+    if addr.get("network_policy"):
+        raise NoMatch  # unexpanded policy references match nothing (as in sim)
+    return out
 
 
 def rule_exprs(rule: Mapping[str, Any], networks: Mapping[str, Sequence[str]]
@@ -255,8 +398,11 @@ def rule_exprs(rule: Mapping[str, Any], networks: Mapping[str, Sequence[str]]
     mc = rule.get("match_condition") or {}
     action = (rule.get("action_list") or {}).get("simple_action", "pass")
     verdict: Json = {"drop": None} if action == "deny" else {"return": None}
+    logging: list[Json] = (log_statements(str(rule.get("rule_uuid") or ""), action)
+                           if (rule.get("action_list") or {}).get("log") else [])
     ethertype = mc.get("ethertype")
-    families = {"IPv4": (4,), "IPv6": (6,)}.get(str(ethertype), (4, 6))
+    # no ethertype: both families; one the evaluation core does not know: none
+    families = {"IPv4": (4,), "IPv6": (6,)}.get(str(ethertype), ()) if ethertype else (4, 6)
     out: list[Expr] = []
     directions = [("src_address", "src_port", "dst_address", "dst_port")]
     if rule.get("direction") == "<>":
@@ -269,6 +415,8 @@ def rule_exprs(rule: Mapping[str, Any], networks: Mapping[str, Sequence[str]]
                 sports = _ports(mc.get(sp))
                 dports = _ports(mc.get(dp))
                 proto = _proto(mc.get("protocol"))
+                if proto is not None and proto not in PORT_PROTOCOLS:
+                    sports, dports = [], []  # only TCP, UDP and SCTP have ports
                 if proto is None and (sports or dports):
                     exprs.append(_match({"meta": {"key": "l4proto"}},
                                         {"set": list(PORT_PROTOCOLS)}))
@@ -282,7 +430,7 @@ def rule_exprs(rule: Mapping[str, Any], networks: Mapping[str, Sequence[str]]
                     exprs.append(_match(_th("dport"), _port_set(dports)))
             except NoMatch:
                 continue
-            out.append((*exprs, verdict))
+            out.append((*exprs, *logging, verdict))
     return out
 
 
@@ -299,6 +447,8 @@ def _proto(value: Any) -> int | None:
     if text in ("", "any"):
         return None
     if text.isdigit():
+        if int(text) > 255:
+            raise NoMatch  # no packet has such a protocol
         return int(text)
     names = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "icmp6": 58, "ipv6-icmp": 58,
              "sctp": 132}
@@ -311,16 +461,10 @@ def _ports(value: Any) -> list[tuple[int, int]]:
     """Port ranges; [] = any port."""
     if not value:
         return []
-    ranges = value if isinstance(value, list) else [value]
-    out: list[tuple[int, int]] = []
-    for r in ranges:
-        if not r:
-            return []
-        lo, hi = int(r.get("start_port", -1)), int(r.get("end_port", -1))
-        if lo == -1:
-            return []
-        out.append((lo, lo if hi == -1 else hi))
-    return out
+    try:
+        return port_ranges(value if isinstance(value, list) else [value])
+    except ValueError as e:
+        raise NoMatch from e  # every range malformed: the rule matches nothing
 
 
 def _port_set(ranges: list[tuple[int, int]]) -> Any:
@@ -328,10 +472,21 @@ def _port_set(ranges: list[tuple[int, int]]) -> Any:
     return items[0] if len(items) == 1 else {"set": items}
 
 
+def _subnet_or_none(s: Mapping[str, Any] | None) -> str | None:
+    """A list's malformed prefix holds no address; the others still count."""
+    try:
+        return _subnet(s)
+    except NoMatch:
+        return None
+
+
 def _subnet(s: Mapping[str, Any] | None) -> str | None:
     if not s or s.get("ip_prefix") is None:
         return None
-    return str(_net(f"{s['ip_prefix']}/{s.get('ip_prefix_len', 32)}"))
+    try:
+        return str(_net(f"{s['ip_prefix']}/{s.get('ip_prefix_len', 32)}"))
+    except ValueError as e:
+        raise NoMatch from e  # a malformed prefix holds no address
 
 
 def _address(addr: Mapping[str, Any] | None, fld: str, version: int,
@@ -356,7 +511,7 @@ def _address(addr: Mapping[str, Any] | None, fld: str, version: int,
     if sub is not None:
         prefixes_match([sub])
     if addr.get("subnet_list"):
-        prefixes_match([s for s in map(_subnet, addr["subnet_list"]) if s])
+        prefixes_match([s for s in map(_subnet_or_none, addr["subnet_list"]) if s])
     sg = addr.get("security_group")
     if sg not in (None, "", "any", "local"):
         raise NoMatch  # security groups in a network ACL: not resolved here
@@ -373,12 +528,21 @@ class Listed:
     """Our table as ``nft -j list table`` shows it: chain -> (spec, rule comments)."""
 
     chains: dict[str, tuple[tuple[object, ...], tuple[str, ...]]]
+    sets: dict[str, tuple[object, ...]] = field(default_factory=dict)  # name -> spec
 
 
 def parse_listing(objects: Iterable[Mapping[str, Any]], table: str) -> Listed:
     chains: dict[str, tuple[tuple[object, ...], list[str]]] = {}
+    sets: dict[str, tuple[object, ...]] = {}
     for obj in objects:
-        if "chain" in obj:
+        if "set" in obj:
+            st = obj["set"]
+            if st.get("table") != table or st.get("family") != FAMILY:
+                continue
+            kind = st.get("type")
+            sets[str(st["name"])] = (tuple(kind) if isinstance(kind, list) else (kind,),
+                                     tuple(st.get("flags") or ()))
+        elif "chain" in obj:
             c = obj["chain"]
             if c.get("table") != table or c.get("family") != FAMILY:
                 continue
@@ -393,24 +557,49 @@ def parse_listing(objects: Iterable[Mapping[str, Any]], table: str) -> Listed:
             entry = chains.get(str(r["chain"]))
             if entry is not None:
                 entry[1].append(str(r.get("comment") or ""))
-    return Listed({k: (s, tuple(c)) for k, (s, c) in chains.items()})
+    return Listed({k: (s, tuple(c)) for k, (s, c) in chains.items()}, sets)
 
 
-def commands(listed: Listed | None, want: Ruleset | None, table: str = DEFAULT_TABLE
-             ) -> list[Json]:
-    """The nft commands (one transaction) turning ``listed`` into ``want``; [] when equal."""
+def commands(listed: Listed | None, want: Ruleset | None, table: str = DEFAULT_TABLE,
+             installed: Mapping[str, Mapping[str, Any]] | None = None) -> list[Json]:
+    """The nft commands (one transaction) turning ``listed`` into ``want``; [] when equal.
+
+    ``installed`` holds the elements of each named set as the last transaction left them
+    (element key -> element): a set found there changes by the elements that differ; any
+    other set is flushed and reloaded (the listing leaves elements out)."""
     tref = {"family": FAMILY, "table": table}
     if want is None:
         return [] if listed is None else [{"delete": {"table": {"family": FAMILY,
                                                                 "name": table}}}]
-    rebuild = listed is not None and any(
+    rebuild = listed is not None and (any(
         c.name in listed.chains and listed.chains[c.name][0] != c.spec() for c in want.chains)
+        or any(ns.name in listed.sets and listed.sets[ns.name] != ns.spec()
+               for ns in want.sets))
     out: list[Json] = []
     if listed is None or rebuild:
         if rebuild:
             out.append({"delete": {"table": {"family": FAMILY, "name": table}}})
         listed = Listed({})
         out.append({"add": {"table": {"family": FAMILY, "name": table}}})
+    for ns in want.sets:  # sets exist before rules use them
+        sref = {**tref, "name": ns.name}
+        have = (installed or {}).get(ns.name)
+        elems = ns.by_key()
+        gone: list[Any] = []
+        if ns.name not in listed.sets:
+            out.append({"add": {"set": {**sref, "type": list(ns.type),
+                                        "flags": list(ns.flags)}}})
+            adds = list(ns.elements)
+        elif have is None:
+            out.append({"flush": {"set": sref}})
+            adds = list(ns.elements)
+        else:
+            gone = [e for k, e in have.items() if k not in elems]
+            adds = [e for k, e in elems.items() if k not in have]
+        if gone:
+            out.append({"delete": {"element": {**sref, "elem": gone}}})
+        if adds:
+            out.append({"add": {"element": {**sref, "elem": adds}}})
     refill: list[Chain] = []
     for c in want.chains:  # every chain exists before any rule may jump to it
         if c.name not in listed.chains:
@@ -428,7 +617,127 @@ def commands(listed: Listed | None, want: Ruleset | None, table: str = DEFAULT_T
         if name not in wanted:  # nothing jumps to it any more (its referrers were refilled)
             out.append({"flush": {"chain": {**tref, "name": name}}})
             out.append({"delete": {"chain": {**tref, "name": name}}})
+    wanted_sets = {ns.name for ns in want.sets}
+    for name in sorted(listed.sets):
+        if name not in wanted_sets:  # the rules using it were flushed above
+            out.append({"delete": {"set": {**tref, "name": name}}})
     return out
+
+
+# sets whose elements only admit (SG sets, runs of pass rules) or only deny (runs of deny
+# rules): adding to the first or deleting from the second denies nothing new
+ALLOW_SET = re.compile(r"^(sg[io][46]|fw[io][46]p\d+|acl[46]p\d+)-")
+DENY_SET = re.compile(r"^(fw[io][46]d\d+|acl[46]d\d+)-")
+# chains and sets of one port: (sg|fw)-(i|o)-<dev>, sg(i|o)(4|6)-<dev>, fw(i|o)(4|6)(p|d)<n>-<dev>
+PORT_SCOPED = re.compile(r"^(?:(?:sg|fw)-[io]-|sg[io][46]-|fw[io][46][pd]\d+-)(.+)$")
+
+
+def _only_widens(cmds: list[Json]) -> bool:
+    """Only elements added to sets that admit or deleted from sets that deny: a flow that
+    was admitted still is, so established flows need no re-evaluation."""
+    def widens(c: Json) -> bool:
+        if "element" in c.get("add", {}):
+            return ALLOW_SET.match(str(c["add"]["element"].get("name"))) is not None
+        if "element" in c.get("delete", {}):
+            return DENY_SET.match(str(c["delete"]["element"].get("name"))) is not None
+        return False
+
+    return all(widens(c) for c in cmds)
+
+
+def _affected(cmds: list[Json]) -> Callable[[Flow], bool] | None:
+    """When the commands change set elements only: whether a flow's key falls in an element
+    added or deleted (no other flow's verdict can change: every set holds the same for its
+    key).  None (every flow may be concerned) when anything else changes."""
+    boxes: list[Box] = []
+    for c in cmds:
+        verb = c.get("add") or c.get("delete") or {}
+        if "element" not in verb or len(c) != 1:
+            return None
+        try:
+            boxes += [_listed_box(e) for e in verb["element"].get("elem") or ()]
+        except (KeyError, TypeError, ValueError, OSError):
+            return None
+
+    def hit(f: Flow) -> bool:
+        try:
+            src, dst = int(ipaddress.ip_address(f.src)), int(ipaddress.ip_address(f.dst))
+        except ValueError:
+            return True
+        ports = f.proto in PORT_PROTOCOLS  # other protocols: the port fields are not ports
+        return any(b[0][0] <= f.proto <= b[0][1] and b[1][0] <= src <= b[1][1]
+                   and b[2][0] <= dst <= b[2][1]
+                   and (not ports or (b[3][0] <= f.sport <= b[3][1]
+                                      and b[4][0] <= f.dport <= b[4][1]))
+                   for b in boxes)
+
+    return hit
+
+
+def _changed_devices(cmds: list[Json]) -> set[str] | None:
+    """The port devices whose own chains or sets the commands touch; None when something
+    shared changed (a network's ACL, the dispatch, the table): every flow is judged."""
+    devices: set[str] = set()
+    for c in cmds:
+        for verb in c.values():
+            for kind in ("chain", "set", "element", "rule"):
+                obj = verb.get(kind)
+                if obj is None:
+                    continue
+                name = str(obj.get("chain") if kind == "rule" else obj.get("name"))
+                m = PORT_SCOPED.match(name)
+                if m is None:
+                    return None
+                devices.add(m.group(1))
+            if "table" in verb:
+                return None
+    return devices
+
+
+def parse_set_elements(objects: Iterable[Mapping[str, Any]], table: str
+                       ) -> dict[str, dict[str, Any]]:
+    """Set name -> {element key: element} from a full ``nft -j list table``, elements
+    rewritten in the planner's form (``nft`` prints protocols by name)."""
+    out: dict[str, dict[str, Any]] = {}
+    for obj in objects:
+        st = obj.get("set")
+        if not isinstance(st, dict) or st.get("table") != table or st.get("family") != FAMILY:
+            continue
+        kind = st.get("type")
+        version = {"ipv4_addr": 4, "ipv6_addr": 6}.get(
+            kind[1] if isinstance(kind, list) and len(kind) == 5 else "", 0)
+        if not version:
+            continue
+        try:
+            elems = [box_elem(_listed_box(e), version) for e in st.get("elem") or ()]
+        except (KeyError, TypeError, ValueError, OSError):
+            continue
+        out[str(st["name"])] = {elem_key(e): e for e in elems}
+    return out
+
+
+def _listed_box(elem: Any) -> Box:
+    parts = elem["concat"]
+    if len(parts) != 5:
+        raise ValueError(elem)
+
+    def num(v: Any) -> Span:
+        if isinstance(v, dict):
+            lo, hi = v["range"]
+            return num(lo)[0], num(hi)[1]
+        if isinstance(v, str) and not v.isdigit():
+            return (socket.getprotobyname(v),) * 2
+        return int(v), int(v)
+
+    def addr(v: Any) -> Span:
+        if isinstance(v, dict) and "prefix" in v:
+            return net_span(_net(f"{v['prefix']['addr']}/{v['prefix']['len']}"))
+        if isinstance(v, dict):
+            lo, hi = v["range"]
+            return int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))
+        return int(ipaddress.ip_address(v)), int(ipaddress.ip_address(v))
+
+    return (num(parts[0]), addr(parts[1]), addr(parts[2]), num(parts[3]), num(parts[4]))
 
 
 def _chain_obj(tref: Json, c: Chain) -> Json:
@@ -451,14 +760,18 @@ class Nft:
     def __init__(self, netns: str | None, table: str = DEFAULT_TABLE) -> None:
         self.netns = netns
         self.table = table
+        self.last_reevaluated: list[Flow] = []  # conntrack entries the last change deleted
+        # elements of each named set as our last transaction left them (key -> element)
+        self._installed: dict[str, dict[str, Any]] = {}
 
-    def _run(self, cmds: list[Json]) -> tuple[int, Any, str]:
+    def _run(self, cmds: list[Json], terse: bool = False) -> tuple[int, Any, str]:
         from tungsten.datapath.linux.netlink import in_netns
         from tungsten.datapath.linux.nftlib import Nftables
 
         # a fresh context per call, made inside the namespace: its netlink socket is there
         with in_netns(self.netns):
             nft = Nftables()
+            nft.set_terse_output(terse)  # terse: named sets listed without their elements
             rc, out, err = nft.json_cmd({"nftables": cmds})
         return int(rc), out, str(err)
 
@@ -470,10 +783,18 @@ class Nft:
                  for t in (out or {}).get("nftables", []) if "table" in t}
         if (FAMILY, self.table) not in names:
             return None
-        rc, out, err = self._run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
+        rc, out, err = self._run([{"list": {"table": {"family": FAMILY, "name": self.table}}}],
+                                 terse=True)
         if rc != 0:
             raise NftError(f"nft list table {FAMILY} {self.table}: {err.strip()}")
         return parse_listing((out or {}).get("nftables", []), self.table)
+
+    def installed_sets(self) -> dict[str, dict[str, Any]]:
+        """The elements our table's sets hold now, in the planner's form (a restarted agent
+        adopts them instead of reloading every set); a set not understood is left out, so
+        it is reloaded."""
+        rc, out, _ = self._run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
+        return parse_set_elements((out or {}).get("nftables", []), self.table) if rc == 0 else {}
 
     def apply(self, cmds: list[Json]) -> None:
         if not cmds:
@@ -483,7 +804,29 @@ class Nft:
             raise NftError(f"nft transaction failed: {err.strip()}")
 
     def converge(self, want: Ruleset | None) -> list[Json]:
-        """Make our table ``want``; the commands run ([] when it already was)."""
-        cmds = commands(self.listed(), want, self.table)
-        self.apply(cmds)
+        """Make our table ``want``; the commands run ([] when it already was).  After a
+        change, established flows the new rules deny lose their conntrack entries
+        (``reeval.py``), so their next packet meets the gates again."""
+        listed = self.listed()
+        if listed is None:
+            self._installed = {}
+        elif not self._installed and listed.sets:
+            self._installed = self.installed_sets()
+        cmds = commands(listed, want, self.table, self._installed)
+        try:
+            self.apply(cmds)
+        except NftError:
+            if not self._installed:
+                raise
+            # an element added inside one the set holds is refused: reload the sets whole
+            self._installed = {}
+            cmds = commands(listed, want, self.table, None)
+            self.apply(cmds)
+        self._installed = {ns.name: ns.by_key() for ns in want.sets} if want else {}
+        self.last_reevaluated = []
+        if cmds and want is not None and want.state is not None and not _only_widens(cmds):
+            # without the conntrack tool, established flows keep their entries until idle
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.last_reevaluated = Conntrack(self.netns).reevaluate(
+                    want.state, want.zones, _changed_devices(cmds), _affected(cmds))
         return cmds

@@ -11,11 +11,13 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from tungsten.datapath.linux.plan import (
     AF_INET,
@@ -44,6 +46,12 @@ RTN_UNREACHABLE = 7
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+IFLA_IFNAME = 3
+
 # Removing what is already gone, or adding what is already there, is not an error.
 _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
@@ -70,6 +78,62 @@ def in_netns(name: str | None) -> Iterator[None]:
                 raise OSError(ctypes.get_errno(), "setns back")
     finally:
         os.close(back)
+
+
+class LinkEvents:
+    """Links added, changed and removed in one namespace since the last ``drain``: a netlink
+    socket subscribed to RTMGRP_LINK, read without blocking (pyroute2's sync socket would
+    block or run its own event loop); the messages are decoded by pyroute2's marshal."""
+
+    def __init__(self, netns: str | None) -> None:
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_NETLINK,
+                                      socket.SOCK_RAW | socket.SOCK_NONBLOCK |
+                                      socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        try:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.bind((0, RTMGRP_LINK))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def drain(self) -> list[tuple[bool, int, str]] | None:
+        """``(present, ifindex, name)`` per event, oldest first; None when events were lost
+        (the socket's buffer overflowed): the caller must dump the links again."""
+        out: list[tuple[bool, int, str]] = []
+        lost = False
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return None if lost else out
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                lost = True
+                continue
+            out.extend(parse_link_events(data))
+
+
+def parse_link_events(data: bytes) -> Iterator[tuple[bool, int, str]]:
+    """RTM_NEWLINK/RTM_DELLINK messages in ``data``: (present, ifindex, name), decoded by
+    pyroute2's rtnetlink marshal (other messages, and links without a name, are skipped;
+    a truncated tail ends the parse)."""
+    try:
+        msgs = list(MarshalRtnl().parse(data))
+    except Exception:  # pyroute2 raises assorted errors on garbage
+        return
+    for msg in msgs:
+        kind = msg["header"].get("type")
+        if kind not in (RTM_NEWLINK, RTM_DELLINK) or msg["header"].get("error"):
+            continue
+        name = msg.get_attr("IFLA_IFNAME")
+        if name:
+            yield kind == RTM_NEWLINK, int(msg["index"]), str(name)
 
 
 class Netlink:

@@ -398,6 +398,22 @@ def diff(have: KernelObjects, want: KernelObjects) -> list[Change]:
     return removes + adds
 
 
+def without_devices(objs: KernelObjects, devices: set[str]) -> KernelObjects:
+    """``objs`` less what the kernel dropped with ``devices`` (deleted or re-created): the
+    devices themselves, routes, neighbours and FDB entries through them, their settings.
+    Rules stay: they name the device and outlive it."""
+    out = KernelObjects()
+    for obj in objs.all():
+        if isinstance(obj, Rule):
+            out.add(obj)
+        elif isinstance(obj, Sysctl):
+            if not any(f"/{d}/" in obj.path for d in devices):
+                out.add(obj)
+        elif not _devices(obj) & devices:
+            out.add(obj)
+    return out
+
+
 def _identity(link: VxlanLink) -> tuple[object, ...]:
     return (link.vni, link.local, link.underlay, link.port, link.learning)
 

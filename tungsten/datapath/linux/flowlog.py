@@ -1,0 +1,118 @@
+"""The ``log`` action on the kernel: flows decided by a logged rule are recorded.
+
+A rule whose ``action_list.log`` is set (a network-policy ACL rule or a firewall rule) gets,
+before its verdict:
+
+- ``counter``: how many packets the rule decided (a denied flow is visible here);
+- ``log group 7 prefix "tgflow <rule uuid> <pass|deny> "``: the packet goes to nflog group 7,
+  where a listener can record denied attempts too (without a listener it costs nothing);
+- for ``pass``: ``ct mark set <mark of the rule>``, so the flow's conntrack entry carries the
+  rule: conntrack events and listings (``conntrack -E`` / ``-L``) record the admitted flow
+  with the rule that decided it.
+
+The mark of a rule is ``0x40000000 | crc32(uuid) & 0x3fffffff`` (bit 30 says "logged by
+tungsten").  ``tungsten flows`` lists the node's logged flows: the conntrack entries with such
+a mark, and every logged rule with its counter, the rule uuid read back from the table's own
+log prefixes.  ``rules``/``flows`` are pure parsers; ``read`` runs ``nft`` and ``conntrack``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tungsten.datapath.linux.reeval import parse as parse_conntrack
+
+LOG_GROUP = 7
+LOG_PREFIX = "tgflow"
+MARK_BIT = 0x40000000
+Json = dict[str, Any]
+
+
+def rule_mark(uuid: str) -> int:
+    return MARK_BIT | (zlib.crc32(uuid.encode()) & (MARK_BIT - 1))
+
+
+def log_statements(rule_uuid: str, action: str) -> list[Json]:
+    """What a logged rule does before its verdict."""
+    out: list[Json] = [{"counter": None},
+                       {"log": {"prefix": f"{LOG_PREFIX} {rule_uuid} {action} "[:127],
+                                "group": LOG_GROUP}}]
+    if action != "deny":
+        out.append({"mangle": {"key": {"ct": {"key": "mark"}}, "value": rule_mark(rule_uuid)}})
+    return out
+
+
+@dataclass(frozen=True)
+class LoggedRule:
+    uuid: str
+    action: str  # "pass" | "deny"
+    mark: int
+    packets: int  # over every nft rule it became (families, directions, ports)
+    chains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoggedFlow:
+    proto: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    zone: int
+    mark: int
+    rule: str | None  # the rule uuid that admitted it (None: a mark of no current rule)
+
+
+def rules(listing: Iterable[Mapping[str, Any]]) -> list[LoggedRule]:
+    """Logged rules from ``nft -j list table`` objects (our log prefix names the rule), one
+    per rule uuid and action."""
+    found: dict[tuple[str, str], tuple[int, list[str]]] = {}
+    for obj in listing:
+        r = obj.get("rule")
+        if not isinstance(r, dict):
+            continue
+        prefix, packets = None, 0
+        for e in r.get("expr") or ():
+            if "log" in e and str(e["log"].get("prefix", "")).startswith(LOG_PREFIX + " "):
+                prefix = str(e["log"]["prefix"])
+            if "counter" in e and isinstance(e["counter"], dict):
+                packets = int(e["counter"].get("packets", 0))
+        if prefix is None:
+            continue
+        parts = prefix.split()
+        if len(parts) < 3:
+            continue
+        total, chains = found.get((parts[1], parts[2]), (0, []))
+        chain = str(r.get("chain"))
+        found[(parts[1], parts[2])] = (total + packets,
+                                       chains if chain in chains else [*chains, chain])
+    return [LoggedRule(u, a, rule_mark(u), n, tuple(c)) for (u, a), (n, c) in found.items()]
+
+
+def flows(conntrack_text: str, logged: Iterable[LoggedRule]) -> list[LoggedFlow]:
+    """The conntrack entries admitted by a logged rule, with that rule."""
+    by_mark = {r.mark: r.uuid for r in logged}
+    return [LoggedFlow(f.proto, f.src, f.dst, f.sport, f.dport, f.zone, f.mark,
+                       by_mark.get(f.mark))
+            for f in parse_conntrack(conntrack_text) if f.mark & MARK_BIT]
+
+
+def _run(netns: str | None, *cmd: str) -> subprocess.CompletedProcess[str]:
+    full = list(cmd) if netns is None else ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
+
+
+def read(netns: str | None, table: str = "tungsten") -> dict[str, Any]:
+    """The logged rules and flows of a node (its network namespace; None: this one)."""
+    r = _run(netns, "nft", "-j", "list", "table", "inet", table)
+    listing = json.loads(r.stdout).get("nftables", []) if r.returncode == 0 else []
+    logged = rules(listing)
+    ct = _run(netns, "conntrack", "-L", "-o", "extended")
+    return {"rules": [asdict(x) for x in logged],
+            "flows": [asdict(x) for x in flows(ct.stdout if ct.returncode == 0 else "",
+                                               logged)]}
