@@ -360,6 +360,27 @@ def acl_step(rule: Mapping[str, Any], networks: Mapping[str, Sequence[str]],
     return Step(action != "deny", boxes, key=key)
 
 
+def _address_constraints(addr: Mapping[str, Any], networks: Mapping[str, Sequence[str]]
+                         ) -> list[list[str]]:
+    """The prefix lists an ``AddressType`` constrains an address to (each must match);
+    NoMatch for what a network ACL cannot resolve."""
+    sg = addr.get("security_group")
+    if sg not in (None, "", "any", "local"):
+        raise NoMatch  # security groups in a network ACL: not resolved here
+    if addr.get("network_policy"):
+        raise NoMatch  # unexpanded policy references match nothing (as in sim)
+    out: list[list[str]] = []
+    vn = addr.get("virtual_network")
+    if vn not in (None, "", "any"):
+        out.append(list(networks.get(str(vn), ())))
+    sub = _subnet(addr.get("subnet"))
+    if sub is not None:
+        out.append([sub])
+    if addr.get("subnet_list"):
+        out.append([s for s in map(_subnet_or_none, addr["subnet_list"]) if s])
+    return out
+
+
 def _address_spans(addr: Mapping[str, Any] | None, version: int,
                    networks: Mapping[str, Sequence[str]]) -> list[Span] | None:
     """The address spans an ``AddressType`` matches in one family (None: any; every field
@@ -375,19 +396,8 @@ def _address_spans(addr: Mapping[str, Any] | None, version: int,
             raise NoMatch
         out = mine if out is None else intersect(out, mine)
 
-    vn = addr.get("virtual_network")
-    if vn not in (None, "", "any"):
-        restrict(networks.get(str(vn), ()))
-    sub = _subnet(addr.get("subnet"))
-    if sub is not None:
-        restrict([sub])
-    if addr.get("subnet_list"):
-        restrict([s for s in map(_subnet_or_none, addr["subnet_list"]) if s])
-    sg = addr.get("security_group")
-    if sg not in (None, "", "any", "local"):
-        raise NoMatch  # security groups in a network ACL: not resolved here
-    if addr.get("network_policy"):
-        raise NoMatch  # unexpanded policy references match nothing (as in sim)
+    for prefixes in _address_constraints(addr, networks):
+        restrict(prefixes)
     return out
 
 
@@ -504,19 +514,8 @@ def _address(addr: Mapping[str, Any] | None, fld: str, version: int,
         items = [_addr(p) for p in mine]
         out.append(_match(payload, items[0] if len(items) == 1 else {"set": items}))
 
-    vn = addr.get("virtual_network")
-    if vn not in (None, "", "any"):
-        prefixes_match(networks.get(str(vn), ()))
-    sub = _subnet(addr.get("subnet"))
-    if sub is not None:
-        prefixes_match([sub])
-    if addr.get("subnet_list"):
-        prefixes_match([s for s in map(_subnet_or_none, addr["subnet_list"]) if s])
-    sg = addr.get("security_group")
-    if sg not in (None, "", "any", "local"):
-        raise NoMatch  # security groups in a network ACL: not resolved here
-    if addr.get("network_policy"):
-        raise NoMatch  # unexpanded policy references match nothing (as in sim)
+    for prefixes in _address_constraints(addr, networks):
+        prefixes_match(prefixes)
     return out
 
 
