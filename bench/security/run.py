@@ -67,8 +67,9 @@ def sh(*cmd: str) -> None:
 
 
 def sg_rule(uuid: str, remote: dict[str, Any], ingress: bool, proto: str = "any",
-            port: int | None = None) -> dict[str, Any]:
-    local = {"virtual_network": "any"}
+            port: int | None = None, local: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pass rule between ``remote`` and ``local`` (default: any network)."""
+    local = local or {"virtual_network": "any"}
     src, dst = (remote, local) if ingress else (local, remote)
     return {"rule_uuid": uuid, "direction": ">", "action_list": {"simple_action": "pass"},
             "match_condition": {"protocol": proto, "ethertype": "IPv4", "src_address": src,

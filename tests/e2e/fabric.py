@@ -8,9 +8,10 @@ verdicts come out of ``agent.trace``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,15 +29,6 @@ T = TypeVar("T")
 
 def run(coro: Coroutine[Any, Any, None], timeout: float = 240.0) -> None:
     asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def eventually(fn: Callable[[], Awaitable[T | None]], what: str,
@@ -168,6 +160,18 @@ class Fabric:
     async def close(self) -> None:
         for a in self.agents:
             await a.stop()
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[tuple[Api, Fabric]]:
+    """The config API at ``url`` and a ``Fabric`` on one HTTP session; every agent the
+    fabric started is stopped when the block ends, failures included."""
+    async with aiohttp.ClientSession() as http:
+        fab = Fabric(http)
+        try:
+            yield Api(http, url), fab
+        finally:
+            await fab.close()
 
 
 async def plug(agent: Agent, network: str, name: str,

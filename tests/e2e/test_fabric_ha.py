@@ -24,8 +24,8 @@ from tests.e2e.fabric import (
     routes_removed,
     run,
     transformed,
-    until,
 )
+from tests.waits import until
 from tungsten.api.fsck import check_store
 from tungsten.store import open_store
 

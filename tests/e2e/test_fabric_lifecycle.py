@@ -13,65 +13,61 @@ from tests.e2e.fabric import (
     Fabric,
     assert_no_duplicates,
     check_delivered,
+    connected,
     has_route,
     ip,
     plug,
     run,
-    until,
 )
+from tests.waits import until
 
 
 def test_deleting_a_port_withdraws_its_route_everywhere(controller_factory: Any) -> None:
     ctl = controller_factory(args=["--hold-time", "1"])
 
     async def main() -> None:
-        async with ClientSession() as http:
-            api = Api(http, ctl.url)
+        async with connected(ctl.url) as (api, fab):
             await api.network("red", "198.51.100.0/24")
-            fab = Fabric(http)
-            try:
-                nodes = [await fab.agent(f"n{i}", f"198.19.0.{i}", [ctl.url])
-                         for i in (1, 2, 3)]
-                ports = [await plug(n, "red", f"p{i}") for i, n in enumerate(nodes, 1)]
-                extra = await plug(nodes[0], "red", "p1b")  # a second port on n1
-                await until(lambda: all(n.converged_routes() == 4 for n in nodes),
-                            "four routes on every node")
-                check_delivered(nodes[1], ports[1], ports[0])
-                check_delivered(nodes[2], ports[2], extra, "tcp", 80)
+            nodes = [await fab.agent(f"n{i}", f"198.19.0.{i}", [ctl.url])
+                     for i in (1, 2, 3)]
+            ports = [await plug(n, "red", f"p{i}") for i, n in enumerate(nodes, 1)]
+            extra = await plug(nodes[0], "red", "p1b")  # a second port on n1
+            await until(lambda: all(n.converged_routes() == 4 for n in nodes),
+                        "four routes on every node")
+            check_delivered(nodes[1], ports[1], ports[0])
+            check_delivered(nodes[2], ports[2], extra, "tcp", 80)
 
-                # delete p1: gone from every node, its VMI gone from the config
-                assert await nodes[0].delete_port(ports[0]["uuid"])
-                await until(lambda: all(not has_route(n, ip(ports[0])) for n in nodes),
-                            "p1's route withdrawn on every node")
-                await until(lambda: all(n.converged_routes() == 3 for n in nodes),
-                            "three routes on every node")
-                for n, src in ((nodes[1], ports[1]), (nodes[2], ports[2]), (nodes[0], extra)):
-                    res = n.trace(src["uuid"], ip(ports[0]))
-                    assert res.verdict == "no_route", res
-                async with http.get(f"{ctl.url}/virtual-machine-interface/"
-                                    f"{ports[0]['uuid']}") as r:
-                    assert r.status == 404
-                # the other port of that node is untouched
-                check_delivered(nodes[2], ports[2], extra, "tcp", 80)
-                check_delivered(nodes[0], extra, ports[1])
-                # deleting again is a no-op
-                assert not await nodes[0].delete_port(ports[0]["uuid"])
-                # the last port of a node goes: that node's VRF goes with it
-                assert await nodes[2].delete_port(ports[2]["uuid"])
-                await until(lambda: nodes[2].converged_routes() == 0, "n3 holds no VRF")
-                await until(lambda: all(n.converged_routes() == 2 for n in nodes[:2]),
-                            "two routes left on n1 and n2")
-                res = nodes[1].trace(ports[1]["uuid"], ip(ports[2]))
+            # delete p1: gone from every node, its VMI gone from the config
+            assert await nodes[0].delete_port(ports[0]["uuid"])
+            await until(lambda: all(not has_route(n, ip(ports[0])) for n in nodes),
+                        "p1's route withdrawn on every node")
+            await until(lambda: all(n.converged_routes() == 3 for n in nodes),
+                        "three routes on every node")
+            for n, src in ((nodes[1], ports[1]), (nodes[2], ports[2]), (nodes[0], extra)):
+                res = n.trace(src["uuid"], ip(ports[0]))
                 assert res.verdict == "no_route", res
-                # a new port converges as before
-                again = await plug(nodes[2], "red", "p3b")
-                await until(lambda: all(has_route(n, ip(again)) for n in nodes[:2]),
-                            "the new port's route on n1 and n2")
-                check_delivered(nodes[0], extra, again)
-                for n in nodes:
-                    assert_no_duplicates(n)
-            finally:
-                await fab.close()
+            async with api.http.get(f"{ctl.url}/virtual-machine-interface/"
+                                f"{ports[0]['uuid']}") as r:
+                assert r.status == 404
+            # the other port of that node is untouched
+            check_delivered(nodes[2], ports[2], extra, "tcp", 80)
+            check_delivered(nodes[0], extra, ports[1])
+            # deleting again is a no-op
+            assert not await nodes[0].delete_port(ports[0]["uuid"])
+            # the last port of a node goes: that node's VRF goes with it
+            assert await nodes[2].delete_port(ports[2]["uuid"])
+            await until(lambda: nodes[2].converged_routes() == 0, "n3 holds no VRF")
+            await until(lambda: all(n.converged_routes() == 2 for n in nodes[:2]),
+                        "two routes left on n1 and n2")
+            res = nodes[1].trace(ports[1]["uuid"], ip(ports[2]))
+            assert res.verdict == "no_route", res
+            # a new port converges as before
+            again = await plug(nodes[2], "red", "p3b")
+            await until(lambda: all(has_route(n, ip(again)) for n in nodes[:2]),
+                        "the new port's route on n1 and n2")
+            check_delivered(nodes[0], extra, again)
+            for n in nodes:
+                assert_no_duplicates(n)
 
     run(main())
 
@@ -109,7 +105,7 @@ def test_lost_agent_is_withdrawn_after_hold_time_and_restarts(controller_factory
                 check_delivered(n1, p1, p3)  # the rest is untouched
                 # its ports stay in the config: a lost node is not a deleted port
                 for p in lost:
-                    async with http.get(f"{ctl.url}/virtual-machine-interface/"
+                    async with api.http.get(f"{ctl.url}/virtual-machine-interface/"
                                         f"{p['uuid']}") as r:
                         assert r.status == 200
 

@@ -14,6 +14,7 @@ from tests.e2e.fabric import (
     Fabric,
     assert_no_duplicates,
     check_delivered,
+    connected,
     eventually,
     holds_lease,
     ip,
@@ -23,8 +24,8 @@ from tests.e2e.fabric import (
     routes_removed,
     run,
     transformed,
-    until,
 )
+from tests.waits import until
 from tungsten.api.fsck import check_store
 from tungsten.store import open_store
 
@@ -115,8 +116,7 @@ def test_transformer_restart_duplicates_nothing(controller_factory: Any) -> None
         }
 
     async def main() -> None:
-        async with ClientSession() as http:
-            api = Api(http, ctl.url)
+        async with connected(ctl.url) as (api, fab):
             pol = await api.create("network-policy", [*PROJECT, "app-db"], "project",
                                    network_policy_entries={"policy_rule": [{
                                        "direction": ">", "protocol": "tcp",
@@ -140,57 +140,53 @@ def test_transformer_restart_duplicates_nothing(controller_factory: Any) -> None
                                        "project", virtual_network_refs=[{"uuid": lone}])
             await api.create("logical-router", [*PROJECT, "lr"], "project",
                              virtual_machine_interface_refs=[{"uuid": lr_port}])
-            fab = Fabric(http)
-            try:
-                n1 = await fab.agent("n1", "198.19.0.1", [ctl.url])
-                n2 = await fab.agent("n2", "198.19.0.2", [ctl.url])
-                a1 = await plug(n1, "app", "a1")
-                d1 = await plug(n2, "db", "d1")
+            n1 = await fab.agent("n1", "198.19.0.1", [ctl.url])
+            n2 = await fab.agent("n2", "198.19.0.2", [ctl.url])
+            a1 = await plug(n1, "app", "a1")
+            d1 = await plug(n2, "db", "d1")
 
-                async def settled() -> dict[str, Any] | None:
-                    """The derived state once complete (and unchanged over one look)."""
-                    first = await derived(api)
-                    acls = {n for n, _, _ in first["acls"]}
-                    complete = (acls >= WANT_ACLS and first["lr-refs"]
-                                and all(rts for _, rts, _ in first["ri-refs"])
-                                and all(peers for _, _, peers in first["ri-refs"][:2]))
-                    if not complete:
-                        return None
-                    await asyncio.sleep(0.5)
-                    second = await derived(api)
-                    return first if second == first else None
+            async def settled() -> dict[str, Any] | None:
+                """The derived state once complete (and unchanged over one look)."""
+                first = await derived(api)
+                acls = {n for n, _, _ in first["acls"]}
+                complete = (acls >= WANT_ACLS and first["lr-refs"]
+                            and all(rts for _, rts, _ in first["ri-refs"])
+                            and all(peers for _, _, peers in first["ri-refs"][:2]))
+                if not complete:
+                    return None
+                await asyncio.sleep(0.5)
+                second = await derived(api)
+                return first if second == first else None
 
-                before = await eventually(settled, "the derived config")
-                await until(lambda: f"{ip(d1)}/32" in {r["prefix"] for r in n1.routes()},
-                            "db leaked into app")
-                check_delivered(n1, a1, d1, "tcp", 5432)
-                res = n1.trace(a1["uuid"], ip(d1), proto_="tcp", dport=22)
-                assert res.verdict == "dropped", res
+            before = await eventually(settled, "the derived config")
+            await until(lambda: f"{ip(d1)}/32" in {r["prefix"] for r in n1.routes()},
+                        "db leaked into app")
+            check_delivered(n1, a1, d1, "tcp", 5432)
+            res = n1.trace(a1["uuid"], ip(d1), proto_="tcp", dport=22)
+            assert res.verdict == "dropped", res
 
-                # restart the controller (and its transformer) twice
-                for _ in range(2):
-                    await asyncio.to_thread(ctl.restart)
-                    await until(lambda: not (n1.headless or n2.headless), "sessions back")
-                    # the new transformer has the lease (and syncs at once), then compare
-                    await until(lambda: holds_lease(ctl), "the new transformer's lease")
-                    after = await eventually(settled, "the derived config after a restart")
-                    assert after == before
-                    names = [n for n, _ in after["route-targets"]]
-                    assert len(names) == len(set(names))
-                    used = {t for _, rts, _ in after["ri-refs"] for t in rts}
-                    assert used | set(after["lr-refs"]) <= set(names)
-                    assert len(used) == 4  # one per network, plus the router's on lone
-                    numbers = [n.rsplit(":", 1)[1] for n in names]
-                    assert len(numbers) == len(set(numbers))
-                    acl_names = [n for n, _, _ in after["acls"]]
-                    assert len(acl_names) == len(set(acl_names))
-                await until(lambda: f"{ip(d1)}/32" in {r["prefix"] for r in n1.routes()},
-                            "db still leaked into app")
-                check_delivered(n1, a1, d1, "tcp", 5432)
-                res = n2.trace(d1["uuid"], ip(a1), proto_="tcp", dport=5432)
-                assert res.verdict == "dropped", res  # the rule is one way
-            finally:
-                await fab.close()
+            # restart the controller (and its transformer) twice
+            for _ in range(2):
+                await asyncio.to_thread(ctl.restart)
+                await until(lambda: not (n1.headless or n2.headless), "sessions back")
+                # the new transformer has the lease (and syncs at once), then compare
+                await until(lambda: holds_lease(ctl), "the new transformer's lease")
+                after = await eventually(settled, "the derived config after a restart")
+                assert after == before
+                names = [n for n, _ in after["route-targets"]]
+                assert len(names) == len(set(names))
+                used = {t for _, rts, _ in after["ri-refs"] for t in rts}
+                assert used | set(after["lr-refs"]) <= set(names)
+                assert len(used) == 4  # one per network, plus the router's on lone
+                numbers = [n.rsplit(":", 1)[1] for n in names]
+                assert len(numbers) == len(set(numbers))
+                acl_names = [n for n, _, _ in after["acls"]]
+                assert len(acl_names) == len(set(acl_names))
+            await until(lambda: f"{ip(d1)}/32" in {r["prefix"] for r in n1.routes()},
+                        "db still leaked into app")
+            check_delivered(n1, a1, d1, "tcp", 5432)
+            res = n2.trace(d1["uuid"], ip(a1), proto_="tcp", dport=5432)
+            assert res.verdict == "dropped", res  # the rule is one way
         await asyncio.to_thread(ctl.stop)
         store = open_store(ctl.store_url)
         try:

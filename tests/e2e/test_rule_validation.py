@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import requests
-from aiohttp import ClientSession
 
-from tests.e2e.fabric import PROJECT, Api, Fabric, check_delivered, ip, plug, run, until
+from tests.e2e.fabric import PROJECT, check_delivered, connected, ip, plug, run
+from tests.waits import until
 
 A = "default-domain:default-project:app"
 B = "default-domain:default-project:db"
@@ -120,37 +120,32 @@ def test_refused_update_changes_nothing_enforced(controller_factory: Any) -> Non
     ctl = controller_factory(args=["--hold-time", "1"])
 
     async def main() -> None:
-        async with ClientSession() as http:
-            api = Api(http, ctl.url)
+        async with connected(ctl.url) as (api, fab):
             pol = await api.create("network-policy", [*PROJECT, "app-db"], "project",
                                    network_policy_entries={"policy_rule": [np_rule()]})
             await api.network("app", "198.51.100.0/24", policies=[pol])
             await api.network("db", "203.0.113.0/24", policies=[pol])
-            fab = Fabric(http)
-            try:
-                n1 = await fab.agent("n1", "198.19.0.1", [ctl.url])
-                n2 = await fab.agent("n2", "198.19.0.2", [ctl.url])
-                a1 = await plug(n1, "app", "a1")
-                b1 = await plug(n2, "db", "b1")
-                await until(lambda: n1.trace(a1["uuid"], ip(b1), proto_="tcp",
-                                             dport=5432).verdict == "delivered",
-                            "the policy's pass rule enforced")
-                stored = (await api.read("network-policy", pol))["network_policy_entries"]
-                acl_before = copy.deepcopy(n1.acls(a1["uuid"]))
+            n1 = await fab.agent("n1", "198.19.0.1", [ctl.url])
+            n2 = await fab.agent("n2", "198.19.0.2", [ctl.url])
+            a1 = await plug(n1, "app", "a1")
+            b1 = await plug(n2, "db", "b1")
+            await until(lambda: n1.trace(a1["uuid"], ip(b1), proto_="tcp",
+                                         dport=5432).verdict == "delivered",
+                        "the policy's pass rule enforced")
+            stored = (await api.read("network-policy", pol))["network_policy_entries"]
+            acl_before = copy.deepcopy(n1.acls(a1["uuid"]))
 
-                bad = {"policy_rule": [np_rule(), np_rule(
-                    rule_uuid="5a5a5a5a-0000-4000-8000-00000000a002", action_list={
-                        "simple_action": "deny"}, dst_ports=[{"start_port": 9, "end_port": 1}])]}
-                async with http.put(f"{ctl.url}/network-policy/{pol}",
-                                    json={"network-policy": {
-                                        "network_policy_entries": bad}}) as r:
-                    assert r.status == 400, await r.text()
-                assert (await api.read("network-policy", pol))["network_policy_entries"] \
-                    == stored
-                await asyncio.sleep(1.0)  # anything wrongly sent would have arrived by now
-                assert n1.acls(a1["uuid"]) == acl_before
-                check_delivered(n1, a1, b1, "tcp", 5432)
-            finally:
-                await fab.close()
+            bad = {"policy_rule": [np_rule(), np_rule(
+                rule_uuid="5a5a5a5a-0000-4000-8000-00000000a002", action_list={
+                    "simple_action": "deny"}, dst_ports=[{"start_port": 9, "end_port": 1}])]}
+            async with api.http.put(f"{ctl.url}/network-policy/{pol}",
+                                json={"network-policy": {
+                                    "network_policy_entries": bad}}) as r:
+                assert r.status == 400, await r.text()
+            assert (await api.read("network-policy", pol))["network_policy_entries"] \
+                == stored
+            await asyncio.sleep(1.0)  # anything wrongly sent would have arrived by now
+            assert n1.acls(a1["uuid"]) == acl_before
+            check_delivered(n1, a1, b1, "tcp", 5432)
 
     run(main())

@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from tests.waits import until
 from tungsten.agent.agent import Agent
 from tungsten.agent.localapi import serve_unix
 from tungsten.control import protocol as proto
@@ -31,15 +32,6 @@ P1, P2 = "aaaaaaaa-0000-0000-0000-000000000001", "aaaaaaaa-0000-0000-0000-000000
 
 def run(coro: Coroutine[Any, Any, None], timeout: float = 60) -> None:
     asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.01)
 
 
 def network() -> dict[str, Any]:

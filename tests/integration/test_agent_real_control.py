@@ -17,7 +17,7 @@ import pytest
 import requests
 from aiohttp import ClientSession, web
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
 from tests.integration.test_agent_fake_control import run, until
 from tungsten.agent.agent import Agent
 from tungsten.api.core import ConfigApi
@@ -135,12 +135,7 @@ def control_process(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

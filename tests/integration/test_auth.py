@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -154,13 +154,7 @@ def env_controller(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], in
     try:
         yield proc, port, tmp_path / "env.db"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
 
 
 def test_contrail_listen_env(env_controller: tuple[subprocess.Popen[bytes], int, Path]) -> None:

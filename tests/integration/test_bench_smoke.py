@@ -11,21 +11,32 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def quick_run(bench: str, tmp_path: Path, timeout: float, *, prints_json: bool = True
+              ) -> dict[str, Any]:
+    """``bench/<bench>/run.py --quick`` into ``tmp_path``: the report it wrote (the same as it
+    printed with ``--json``, where the benchmark has that), after checking its chart."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / bench / "run.py"), "--quick",
+         *(["--json"] if prints_json else []), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads((tmp_path / f"{bench}-latest.json").read_text())
+    if prints_json:
+        assert json.loads(proc.stdout) == result
+    assert (tmp_path / f"{bench}-latest.png").stat().st_size > 0
+    return result
+
+
 @pytest.mark.timeout(180)
 def test_bench_api_quick(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "api" / "run.py"), "--quick", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=150,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "api-latest.json").read_text())
-    assert (tmp_path / "api-latest.png").stat().st_size > 0
+    result = quick_run("api", tmp_path, 150, prints_json=False)
     for key in ("machine", "config", "baseline", "create_raw", "create_vnc_api", "reads",
                 "list", "rss", "ratios", "goals", "command"):
         assert key in result, key
@@ -48,13 +59,7 @@ def test_bench_api_quick(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 @pytest.mark.timeout(600)
 def test_bench_cni_quick(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "cni" / "run.py"), "--quick", "--json",
-         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "cni-latest.json").read_text())
-    assert json.loads(proc.stdout) == result
-    assert (tmp_path / "cni-latest.png").stat().st_size > 0
+    result = quick_run("cni", tmp_path, 540)
     assert {"cpu", "cores", "ram_gb", "kernel", "python"} <= result["machine"].keys()
     measured = ["reference", "reference_plain"]
     if (REPO / ".venv" / "bin" / "tungsten-cni").is_file():
@@ -89,13 +94,7 @@ def test_bench_datapath_quick(tmp_path: Path) -> None:
     """The datapath benchmark's smoke run: a lab and the hand-built path, 0 and 100 rules.
     Shape and sanity only (every ratio a positive finite number), no speed threshold; the
     run leaves none of its namespaces behind."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "datapath" / "run.py"), "--quick", "--json",
-         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "datapath-latest.json").read_text())
-    assert json.loads(proc.stdout) == result
-    assert (tmp_path / "datapath-latest.png").stat().st_size > 0
+    result = quick_run("datapath", tmp_path, 540)
     assert {"cpu", "cores", "kernel", "python"} <= result["machine"].keys()
     assert [ph["rules"] for ph in result["phases"]] == [0, 100]
     metrics = {"tcp1_gbps", "tcp4_gbps", "udp_zero_loss_pps", "udp_max_pps", "ping_p50_ms",

@@ -166,6 +166,53 @@ def test_gc_removes_devices_too(node: Node) -> None:
     assert_clean(node)
 
 
+def test_veth_made_ahead_is_undone(node: Node) -> None:
+    """ADD makes the veth while the port is created: an ADD failing after that (the
+    address is taken; the address is in no subnet) leaves no device on either side, and
+    an ADD adopting a port of the attachment's name (another uuid, another MAC) drops the
+    veth made for its own uuid and plugs the adopted port."""
+    import requests
+
+    cni = node.cni
+    api = cni.agent.api
+    first = node.container("va")
+    out = cni.add("va", first, runtimeConfig={"ips": ["198.51.100.77"]})
+    for cid, ip, code in (("vb", "198.51.100.77", 102), ("vc", "203.0.113.5", 7)):
+        ns = node.container(cid)
+        rc, err = cni.run("ADD", cid, "eth0", ns, cni.conf(runtimeConfig={"ips": [ip]}))
+        assert rc != 0 and err is not None and err["code"] == code, err
+        assert "eth0" not in cexec(ns, "ip", "link").stdout
+    assert [x for x in node.node_links() if x.startswith("tap")] == \
+        [out["interfaces"][0]["name"]]
+    cni.delete("va", first, prev=out)
+    assert_clean(node)
+
+    fq = ["default-domain", "default-project", "cni-n1-vd-eth0"]
+    vn_fq = [*fq[:2], "blue"]
+    vn = requests.post(f"{api}/fqname-to-id", json={"type": "virtual-network",
+                       "fq_name": vn_fq}, timeout=30).json()["uuid"]
+    made = requests.post(f"{api}/virtual-machine-interfaces", json={
+        "virtual-machine-interface": {"fq_name": fq, "parent_type": "project",
+                                      "virtual_network_refs": [{"to": vn_fq, "uuid": vn}]}},
+        timeout=30)
+    made.raise_for_status()
+    uuid = made.json()["virtual-machine-interface"]["uuid"]
+    requests.post(f"{api}/instance-ips", json={"instance-ip": {
+        "fq_name": [uuid], "virtual_network_refs": [{"to": vn_fq, "uuid": vn}],
+        "virtual_machine_interface_refs": [{"to": fq, "uuid": uuid}]}},
+        timeout=30).raise_for_status()
+    ns = node.container("vd")
+    out = cni.add("vd", ns)
+    tap = "tap" + uuid.replace("-", "")[:11]
+    assert out["interfaces"][0]["name"] == tap
+    assert [x for x in node.node_links() if x.startswith("tap")] == [tap]
+    shown = json.loads(cexec(ns, "ip", "-j", "addr", "show", "eth0").stdout)[0]
+    assert shown["address"] == out["interfaces"][1]["mac"]
+    assert cni.run("CHECK", "vd", "eth0", ns, cni.conf(prevResult=out)) == (0, None)
+    cni.delete("vd", ns, prev=out)
+    assert_clean(node)
+
+
 def test_two_interfaces_in_one_container(node: Node) -> None:
     cni = node.cni
     red = Cni(cni.agent, "default-project:red", name="rednet")

@@ -13,22 +13,19 @@ its own, the other in the machine's, and the plugin must leave nothing in either
 
 from __future__ import annotations
 
-import contextlib
 import json
-import secrets
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.integration import podmankit
-from tests.integration.labkit import Lab, our_namespaces, our_processes
+from tests.integration.labkit import Lab, lab_session
 from tests.integration.podmankit import Podman, private_podman, tungsten_conflist
+from tests.waits import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / ".venv" / "bin" / "tungsten-cni"
@@ -58,22 +55,8 @@ workloads:
 def lab(tmp_path: Path) -> Iterator[Lab]:
     if not PLUGIN.is_file():
         pytest.skip(f"{PLUGIN} is not installed yet (the tungsten-cni plugin of issue 5)")
-    name = "p" + secrets.token_hex(3)
-    file = tmp_path / "lab.yaml"
-    file.write_text(TOPOLOGY.format(name=name))
-    lab = Lab(name, tmp_path / "state", file)
-    try:
-        r = lab.run("up", str(file))
-        assert r.returncode == 0, r.stderr
+    with lab_session(tmp_path, TOPOLOGY, "p", Lab, up=True) as lab:
         yield lab
-    finally:
-        if lab.labdir.exists():
-            lab.run("down", name)
-        for p in our_processes(lab.labdir):  # safety net: nothing of ours may outlive us
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        for ns in our_namespaces(name):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def instance_ips(controller: str) -> dict[str, str]:
@@ -99,14 +82,11 @@ def vmis(controller: str) -> set[str]:
     return {str(v["uuid"]) for v in body["virtual-machine-interfaces"]}
 
 
-def wait_gone(controller: str, ip: str, ports_before: set[str]) -> bool:
-    """Do the container's instance-ip and port leave the config API?"""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if ip not in instance_ips(controller) and vmis(controller) == ports_before:
-            return True
-        time.sleep(0.5)
-    return False
+def wait_gone(controller: str, ip: str, ports_before: set[str]) -> None:
+    """The container's instance-ip and port leave the config API."""
+    wait_for(f"{ip} or its port still in the config API",
+             lambda: ip not in instance_ips(controller) and vmis(controller) == ports_before,
+             WAIT, every=0.5)
 
 
 def check_container(lab: Lab, pm: Podman, cname: str, network: str, ips: dict[str, str],
@@ -154,7 +134,7 @@ def test_podman_container_on_tungsten_network(lab: Lab) -> None:
         assert len(vmis(controller)) == len(before) + 1  # so the check below can fail
         r = pm.rm(c.name)
         assert r.returncode == 0, r.stderr
-        assert wait_gone(controller, c.ip, before), f"{c.ip} or its port still in the config API"
+        wait_gone(controller, c.ip, before)
         assert pm.close() == []
 
     # podman in the machine's namespace (as a runtime on a real node would run)
@@ -165,6 +145,6 @@ def test_podman_container_on_tungsten_network(lab: Lab) -> None:
         assert len(vmis(controller)) == len(before) + 1  # so the check below can fail
         r = pm.rm(c.name)
         assert r.returncode == 0, r.stderr
-        assert wait_gone(controller, c.ip, before), f"{c.ip} or its port still in the config API"
+        wait_gone(controller, c.ip, before)
         assert not Path(c.netns).exists()
         assert pm.close() == []

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,45 @@ def test_add_the_agent_died_during_is_undone_at_start(cni: Cni, tmp_path: Path) 
     cni.agent.start()
     assert instance_ips(api) == [] and vmis(api) == []
     assert cni.agent.call("GET", "/cni/attachments") == []
+
+
+def test_add_names_the_port_itself_and_adopts_one_of_its_name(cni: Cni,
+                                                               tmp_path: Path) -> None:
+    """ADD chooses the port's uuid (so its device is on record before it exists) and its
+    MAC; the config API keeps both.  A port already named for the attachment (a retried
+    create) is adopted instead: its uuid, its MAC, released by DEL."""
+    import requests
+
+    api = cni.agent.api
+    ns = netns_file(tmp_path, "u")
+    out = cni.add("ctr-u", ns)
+    (att,) = cni.agent.call("GET", "/cni/attachments")
+    vmi = requests.get(f"{api}/virtual-machine-interface/{att['port']}",
+                       timeout=30).json()["virtual-machine-interface"]
+    macs = vmi["virtual_machine_interface_mac_addresses"]["mac_address"]
+    assert macs == [out["interfaces"][1]["mac"]]
+    assert out["interfaces"][0]["name"] == att["host_ifname"] == \
+        "tap" + att["port"].replace("-", "")[:11]
+    cni.delete("ctr-u", ns, prev=out)
+
+    # a VMI (and its address) of the attachment's name exists before the ADD
+    fq = ["default-domain", "default-project", "cni-n1-ctr-v-eth0"]
+    vn = requests.post(f"{api}/fqname-to-id", json={"type": "virtual-network",
+                       "fq_name": [*fq[:2], "blue"]}, timeout=30).json()["uuid"]
+    body: dict[str, Any] = {"virtual-machine-interface": {
+        "fq_name": fq, "parent_type": "project",
+        "virtual_network_refs": [{"to": [*fq[:2], "blue"], "uuid": vn}]}}
+    made = requests.post(f"{api}/virtual-machine-interfaces", json=body, timeout=30)
+    made.raise_for_status()
+    uuid = made.json()["virtual-machine-interface"]["uuid"]
+    requests.post(f"{api}/instance-ips", json={"instance-ip": {
+        "fq_name": [uuid], "virtual_network_refs": [{"to": [*fq[:2], "blue"], "uuid": vn}],
+        "virtual_machine_interface_refs": [{"to": fq, "uuid": uuid}]}},
+        timeout=30).raise_for_status()
+    ns2 = netns_file(tmp_path, "v")
+    out2 = cni.add("ctr-v", ns2)
+    (att,) = cni.agent.call("GET", "/cni/attachments")
+    assert (att["port"], att["state"]) == (uuid, "ready")
+    assert out2["interfaces"][0]["name"] == "tap" + uuid.replace("-", "")[:11]
+    cni.delete("ctr-v", ns2, prev=out2)
+    assert instance_ips(api) == [] and vmis(api) == []

@@ -260,6 +260,30 @@ def test_config_change_reaches_the_agent_as_a_delta() -> None:
     run(body)
 
 
+def test_subscription_is_not_held_by_the_coalescing_window() -> None:
+    """A flush just went out (an agent's route); a subscription right after it is flushed
+    at once, not after the window (a CNI ADD waits for that port's config), while another
+    route within the window still waits for it."""
+    window = 6.0
+
+    async def body() -> None:
+        f, red, _, (pa, pb, _) = two_networks()
+        async with serve(f.api, window=window) as (_, url), agents() as make:
+            a = await make(url, "192.0.2.1", [pa])
+            loop = asyncio.get_running_loop()
+            await a.publish(route(f, red, pa, address(f, pa), "192.0.2.1"))
+            await a.wait(lambda: len(a.prefixes()) == 1, "its route (leading edge)")
+            t0 = loop.time()
+            await a.send({"type": p.SUBSCRIBE, "ports": [pb]})
+            await a.wait(lambda: pb in a.view["ports"], "the new port's config")
+            assert loop.time() - t0 < window / 2, "the subscription waited for the window"
+            await a.publish(route(f, red, pb, address(f, pb), "192.0.2.1"))
+            await asyncio.sleep(window / 4)
+            assert len(a.prefixes()) == 1, "a route within the window was not coalesced"
+            await a.wait(lambda: len(a.prefixes()) == 2, "the second route, after the window")
+    run(body)
+
+
 def test_status_endpoint_and_protocol_errors() -> None:
     async def body() -> None:
         f, red, _, (pa, _, _) = two_networks()

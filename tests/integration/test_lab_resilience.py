@@ -11,31 +11,32 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from pyroute2 import IPRoute
 
+from tests.integration.labkit import (
+    NEEDS_ROOT,
+    RED_BLUE_POLICY,
+    lab_session,
+    started,
+    stop,
+)
 from tests.integration.labkit import Lab as BaseLab
-from tests.integration.labkit import our_namespaces, our_processes
+from tests.waits import wait_for
 from tungsten.agent.localclient import UnixHTTPConnection
 from tungsten.lab.runner import api_call
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-]
+pytestmark = NEEDS_ROOT
 
 TOPOLOGY = """\
 name: {name}
@@ -46,25 +47,6 @@ networks:
 workloads:
   - {{name: web1, node: compute1, network: red}}
   - {{name: web2, node: compute2, network: red}}
-"""
-
-# Two networks joined by a policy, so that a policy change can be seen to take effect.
-POLICY_TOPOLOGY = """\
-name: {name}
-nodes: [compute1, compute2]
-projects: [acme]
-networks:
-  - {{name: red,  project: acme, subnet: 198.51.100.0/24}}
-  - {{name: blue, project: acme, subnet: 203.0.113.0/24}}
-workloads:
-  - {{name: web1, node: compute1, network: red}}
-  - {{name: web2, node: compute2, network: blue}}
-policies:
-  - name: red-to-blue
-    project: acme
-    networks: [red, blue]
-    rules:
-      - {{action: pass, protocol: tcp, src: red, dst: blue, dst_ports: "7000", direction: ">"}}
 """
 
 HOLD_TIME = 3.0  # the lab controller's --hold-time (tungsten/lab/runner.py)
@@ -124,30 +106,6 @@ except OSError as e:
 """
 
 
-def kill_in_namespaces(name: str) -> None:
-    """Kill whatever still runs in the lab's namespaces (e.g. an iperf3 of ours)."""
-    for ns in our_namespaces(name):
-        r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                           check=False)
-        for pid in r.stdout.split():
-            with contextlib.suppress(psutil.Error, ValueError):
-                psutil.Process(int(pid)).kill()
-
-
-def stop(p: subprocess.Popen[str]) -> None:
-    if p.poll() is None:
-        p.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        p.communicate(timeout=30)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:g} s"
-        time.sleep(0.1)
-
-
 RTPROT_KERNEL = 2
 IFA_F_TENTATIVE = 0x40
 NUD_KEPT = 0x40 | 0x80  # NUD_NOARP | NUD_PERMANENT: entries someone installed, not learnt
@@ -194,32 +152,17 @@ def kernel_state(netns: str) -> dict[str, Any]:
 
 
 class Lab(BaseLab):
-    def popen(self, workload: str, *cmd: str) -> subprocess.Popen[str]:
-        # `lab exec` execs `ip netns exec`, which execs cmd: the pid is cmd's
-        return subprocess.Popen(self.cmd("exec", "--lab", self.name, workload, "--", *cmd),
-                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-
     def echo_server(self, workload: str, *ports: int) -> subprocess.Popen[str]:
         p = self.popen(workload, sys.executable, "-c", ECHO_SERVER, str(self.labdir / "server"),
                        *map(str, ports))
-        assert p.stdout is not None
-        line = p.stdout.readline()  # bounded: the server prints or dies
-        if line.strip() != "ready":
-            stop(p)
-            raise AssertionError(f"echo server in {workload} did not start: {p.stderr}")
-        return p
+        return started(p, "ready", f"echo server in {workload} did not start")
 
     def pair_client(self, workload: str, dst_ip: str, port: int,
                     seconds: float) -> subprocess.Popen[str]:
         p = self.popen(workload, sys.executable, "-c", PAIR_CLIENT, dst_ip, str(port),
                        str(seconds), str(self.labdir / "client"))
-        assert p.stdout is not None
-        line = p.stdout.readline()  # bounded: connects within 3 s or exits
-        if line.strip() != "connected":
-            stop(p)
-            raise AssertionError(f"client in {workload} did not connect: {line!r}")
-        return p
+        # bounded: connects within 3 s or exits
+        return started(p, "connected", f"client in {workload} did not connect")
 
     def connects(self, workload: str, dst_ip: str, port: int) -> bool:
         """A new connection echoes a line (bounded: 3 s to connect, 3 s for the echo)."""
@@ -270,39 +213,17 @@ class Lab(BaseLab):
                     None)
 
 
-@contextlib.contextmanager
-def running_lab(tmp_path: Path, topology: str) -> Iterator[Lab]:
-    name = "r" + secrets.token_hex(3)
-    file = tmp_path / "lab.yaml"
-    file.write_text(topology.format(name=name))
-    lab = Lab(name, tmp_path / "state", file)
-    try:
-        r = lab.run("up", str(file))
-        assert r.returncode == 0, r.stderr
-        yield lab
-    finally:
-        kill_in_namespaces(name)
-        if lab.labdir.exists():
-            lab.run("down", name)
-        for p in our_processes(lab.labdir):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        for ns in our_namespaces(name):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-    # after a passing test, `down` left nothing behind
-    assert our_namespaces(name) == []
-    assert our_processes(lab.labdir) == []
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    with running_lab(tmp_path, TOPOLOGY) as lab:
+    with lab_session(tmp_path, TOPOLOGY, "r", Lab, up=True) as lab:
         yield lab
 
 
 @pytest.fixture
 def policy_lab(tmp_path: Path) -> Iterator[Lab]:
-    with running_lab(tmp_path, POLICY_TOPOLOGY) as lab:
+    """Two networks joined by a policy (tcp/PORT from web1 to db1), so that a policy change
+    can be seen to take effect."""
+    with lab_session(tmp_path, RED_BLUE_POLICY, "r", Lab, up=True, port=PORT) as lab:
         yield lab
 
 
@@ -502,21 +423,21 @@ def test_controller_killed_30s_flows_keep_working(policy_lab: Lab) -> None:
     ip = lab.ips()
     procs: list[subprocess.Popen[str]] = []
     try:
-        procs.append(lab.echo_server("web2", PORT, OTHER_PORT))
-        assert lab.connects("web1", ip["web2"], PORT)
-        assert not lab.connects("web1", ip["web2"], OTHER_PORT)  # not allowed (yet)
+        procs.append(lab.echo_server("db1", PORT, OTHER_PORT))
+        assert lab.connects("web1", ip["db1"], PORT)
+        assert not lab.connects("web1", ip["db1"], OTHER_PORT)  # not allowed (yet)
         # lasts well beyond the outage below
-        client = lab.pair_client("web1", ip["web2"], PORT, seconds=36)
+        client = lab.pair_client("web1", ip["db1"], PORT, seconds=36)
         procs.append(client)
         cmdline = lab.kill9("controller")
         down_since = time.monotonic()
         try:
             # NEW connections between the known ports work while the controller is down, and
             # the policy is still enforced
-            assert lab.connects("web1", ip["web2"], PORT)
-            assert not lab.connects("web1", ip["web2"], OTHER_PORT)
+            assert lab.connects("web1", ip["db1"], PORT)
+            assert not lab.connects("web1", ip["db1"], OTHER_PORT)
             time.sleep(max(0.0, down_since + 28 - time.monotonic()))
-            assert lab.connects("web1", ip["web2"], PORT)
+            assert lab.connects("web1", ip["db1"], PORT)
             time.sleep(max(0.0, down_since + 30 - time.monotonic()))
         finally:
             lab.respawn("controller", cmdline)  # same store, same port
@@ -529,8 +450,8 @@ def test_controller_killed_30s_flows_keep_working(policy_lab: Lab) -> None:
                                                 for n in ("compute1", "compute2")))
         # everything converges: a policy change made now takes effect
         set_policy_ports(lab, "red-to-blue", [PORT, OTHER_PORT])
-        wait_for("the new rule", lambda: lab.connects("web1", ip["web2"], OTHER_PORT))
-        assert lab.connects("web1", ip["web2"], PORT)
+        wait_for("the new rule", lambda: lab.connects("web1", ip["db1"], OTHER_PORT))
+        assert lab.connects("web1", ip["db1"], PORT)
     finally:
         for p in procs:
             stop(p)

@@ -12,23 +12,15 @@ database; the project's default set lets the ``ops`` address group in on 22.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.integration.labkit import our_namespaces, our_processes
-from tests.integration.test_lab_policy import Lab
+from tests.integration.labkit import NEEDS_ROOT, Lab, assert_nothing_left, lab_session
+from tests.waits import wait_for
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-]
+pytestmark = NEEDS_ROOT
 
 TOPOLOGY = """\
 name: {name}
@@ -77,32 +69,18 @@ application_policy_sets:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    name = "s" + secrets.token_hex(3)
-    file = tmp_path / "lab.yaml"
-    file.write_text(TOPOLOGY.format(name=name))
-    lab = Lab(name, tmp_path / "state", file)
-    try:
+    with lab_session(tmp_path, TOPOLOGY, "s", Lab, up=True) as lab:
         yield lab
-    finally:
-        if lab.labdir.exists():
-            lab.run("down", name)
-        for p in our_processes(lab.labdir):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        for ns in our_namespaces(name):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def test_security_matrix(lab: Lab) -> None:
-    r = lab.run("up", str(lab.file))
-    assert r.returncode == 0, r.stderr
     ip = lab.ips()
-    servers = []
-    try:
-        for w in ("web1", "web2", "db", "free"):
-            servers.append(lab.server(w, 22, 5432, 8080))
-        # web1: group web (remote group of db's rule, across nodes) and the label: admitted
-        assert lab.tcp("web1", ip["db"], 5432)
+    with lab.serving({w: (22, 5432, 8080) for w in ("web1", "web2", "db", "free")}):
+        # web1: group web (remote group of db's rule, across nodes) and the label: admitted.
+        # `lab up` returns once each port is installed on its own node; the remote-group
+        # member reaches the other node with its route a moment later: wait for it (bounded)
+        wait_for("web1 -> db tcp/5432 (remote group across nodes)",
+                 lambda: lab.tcp("web1", ip["db"], 5432), timeout=30, every=0.5)
         # web2: in group web, but without the label: the firewall denies it
         assert not lab.tcp("web2", ip["db"], 5432)
         # free: no group (unfiltered by SGs) and not in group web: db's SG denies 5432
@@ -113,14 +91,6 @@ def test_security_matrix(lab: Lab) -> None:
         # inside the application, between workloads without tiers' rules: match_tags passes
         assert lab.tcp("db", ip["free"], 8080)
         assert lab.tcp("web2", ip["web1"], 8080)
-    finally:
-        for p in servers:
-            p.kill()
-            p.communicate(timeout=30)
-        for proc in psutil.process_iter(["cmdline"]):
-            if str(lab.labdir / "server") in (proc.info.get("cmdline") or []):
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
     r = lab.run("down", lab.name)
     assert r.returncode == 0, r.stderr
-    assert our_namespaces(lab.name) == []
+    assert_nothing_left(lab)

@@ -7,25 +7,25 @@ could be left, failures included.  Documentation address ranges only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.integration.labkit import Lab, our_namespaces, our_processes
+from tests.integration.labkit import (
+    NEEDS_ROOT,
+    Lab,
+    assert_nothing_left,
+    lab_session,
+    our_namespaces,
+)
+from tests.waits import poll_until
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-]
+pytestmark = NEEDS_ROOT
 
 WAIT = 60.0  # upper bound for a condition (never asserted on)
 
@@ -47,26 +47,8 @@ workloads:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    name = "t" + secrets.token_hex(3)
-    file = tmp_path / "lab.yaml"
-    file.write_text(TOPOLOGY.format(name=name))
-    lab = Lab(name, tmp_path / "state", file)
-    try:
+    with lab_session(tmp_path, TOPOLOGY, "t", Lab) as lab:
         yield lab
-    finally:
-        if lab.labdir.exists():
-            lab.run("down", name)
-        for p in our_processes(lab.labdir):  # safety net: nothing of ours may outlive us
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        for ns in our_namespaces(name):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-
-
-def assert_nothing_left(lab: Lab) -> None:
-    assert our_namespaces(lab.name) == []
-    assert our_processes(lab.labdir) == []
-    assert not lab.labdir.exists()
 
 
 def test_up_status_ping_isolation_down(lab: Lab) -> None:
@@ -153,14 +135,14 @@ def test_down_after_kill9_of_up(lab: Lab) -> None:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         state = lab.labdir / "lab.json"
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline and up.poll() is None:  # midway: agents started
+
+        def agents_started() -> bool:  # midway
             try:
-                if len(json.loads(state.read_text())["processes"]) >= 2:
-                    break
+                return len(json.loads(state.read_text())["processes"]) >= 2
             except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.02)
+                return False
+
+        poll_until(lambda: up.poll() is not None or agents_started(), WAIT, every=0.02)
         os.kill(up.pid, signal.SIGKILL)
     finally:
         up.wait()

@@ -6,6 +6,7 @@ Every namespace here is created by the test (``tgt-`` + a random suffix) and rem
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -38,9 +39,18 @@ def ping(ns: str, dst: str) -> bool:
     return r.returncode == 0
 
 
-def set_echo_ignore(ns: str, ignore: bool) -> None:
-    sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-       f"net.ipv4.icmp_echo_ignore_all={int(ignore)}")
+@contextlib.contextmanager
+def deaf_to_pings(ns: str) -> Iterator[None]:
+    """The namespace ignores echo requests for the time of the block."""
+    def echo_ignore(ignore: bool) -> None:
+        sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+           f"net.ipv4.icmp_echo_ignore_all={int(ignore)}")
+
+    echo_ignore(True)
+    try:
+        yield
+    finally:
+        echo_ignore(False)
 
 
 @dataclass
@@ -139,18 +149,12 @@ def test_two_nodes(lab: Lab) -> None:
 
         # overlapping subnets stay apart: with b2 deaf to pings, a1 -> .2 still gets an
         # answer (a2's) while b1 -> .2 gets none (its packets reach b2, never the twin a2)
-        set_echo_ignore(b2.ns, True)
-        try:
+        with deaf_to_pings(b2.ns):
             assert ping(a1.ns, a2.ip)
             assert not ping(b1.ns, b2.ip)
-        finally:
-            set_echo_ignore(b2.ns, False)
-        set_echo_ignore(a2.ns, True)
-        try:
+        with deaf_to_pings(a2.ns):
             assert ping(b1.ns, b2.ip)
             assert not ping(a1.ns, a2.ip)
-        finally:
-            set_echo_ignore(a2.ns, False)
         # an address only network B has is unreachable from network A
         assert ping(b1.ns, "198.51.100.3")
         assert not ping(a1.ns, "198.51.100.3")

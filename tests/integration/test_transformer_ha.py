@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import terminate
+from tests.waits import wait_for
 from tungsten.api.context import RequestCtx
 from tungsten.api.core import ConfigApi
 from tungsten.store import open_store
@@ -22,26 +24,12 @@ PROJECT = ["default-domain", "default-project"]
 LEASE_S = "2"
 
 
-def _until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def procs() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     started: dict[str, subprocess.Popen[bytes]] = {}
     yield started
     for p in started.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate(p)
 
 
 def _targets(api: ConfigApi, vn: str) -> list[str]:
@@ -78,8 +66,8 @@ def test_standby_takes_over_after_kill(tmp_path: Path,
         current = read_lease(store)
         return current.holder if current is not None and current.expires > time.time() else None
 
-    _until(lambda: holder() in ("a", "b"), "a lease holder")
-    _until(lambda: bool(_targets(api, "before")), "the active one derives")
+    wait_for("a lease holder", lambda: holder() in ("a", "b"))
+    wait_for("the active one derives", lambda: bool(_targets(api, "before")))
     active = holder()
     assert active is not None
     standby = "b" if active == "a" else "a"
@@ -88,8 +76,8 @@ def test_standby_takes_over_after_kill(tmp_path: Path,
 
     os.kill(procs[active].pid, signal.SIGKILL)
     procs[active].wait()
-    _until(lambda: holder() == standby, "the standby takes the lease")
+    wait_for("the standby takes the lease", lambda: holder() == standby)
     add_network("after")
-    _until(lambda: bool(_targets(api, "after")), "the new network's route target")
+    wait_for("the new network's route target", lambda: bool(_targets(api, "after")))
     assert _targets(api, "after")[0].startswith("target:64512:")
     assert _targets(api, "after") != _targets(api, "before")

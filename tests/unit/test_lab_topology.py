@@ -97,6 +97,22 @@ def test_bad_values() -> None:
     assert "'nodes' is a required property" in err
 
 
+def test_bad_port_ranges_with_positions() -> None:
+    errs = errors_of(GOOD.replace("dst_ports: 8000-8100", "dst_ports: 8100-8000") + """\
+security_groups:
+  - name: web
+    rules:
+      - {direction: ingress, protocol: tcp, ports: "70000"}
+firewall_policies:
+  - name: fw
+    rules:
+      - {action: pass, from: any, to: any, ports: "90-80"}
+""")
+    assert errs == ["lab.yaml:17:65: policy 'red-to-blue' rule 2: bad port range '8100-8000'",
+                    "lab.yaml:21:52: security group 'web' rule 1: bad port range '70000'",
+                    "lab.yaml:25:51: firewall policy 'fw' rule 1: bad port range '90-80'"]
+
+
 def test_plan_and_api_bodies() -> None:
     t = parse(GOOD)
     p = lp.plan(t)

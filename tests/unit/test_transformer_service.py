@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from tests.unit.test_transformer_derive import (
     rule,
     vn_addr,
 )
+from tests.waits import until
 from tungsten.api.core import ConfigApi
 from tungsten.api.fsck import check_store
 from tungsten.store import open_store
@@ -178,15 +178,6 @@ def test_lease_pure(api: ConfigApi) -> None:
     assert lease.read_lease(store) is None
 
 
-async def _until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
-
-
 def test_run_one_leader_and_handover(store_url: str) -> None:
     async def scenario() -> None:
         apis = [ConfigApi(open_store(store_url)) for _ in range(2)]
@@ -194,7 +185,7 @@ def test_run_one_leader_and_handover(store_url: str) -> None:
         stops = [asyncio.Event(), asyncio.Event()]
         tasks = [asyncio.ensure_future(t.run(s)) for t, s in zip(ts, stops, strict=True)]
         try:
-            await _until(lambda: any(t.leader for t in ts), "a leader")
+            await until(lambda: any(t.leader for t in ts), "a leader")
             leader = next(i for i, t in enumerate(ts) if t.leader)
             other = 1 - leader
             assert not ts[other].leader
@@ -202,16 +193,16 @@ def test_run_one_leader_and_handover(store_url: str) -> None:
             # the leader follows writes made through its own API at once
             network(apis[leader], "red")
             ri = ri_of(apis[leader], [*PROJECT, "red"])
-            await _until(lambda: bool(targets_of(apis[leader], ri)), "red's route target")
+            await until(lambda: bool(targets_of(apis[leader], ri)), "red's route target")
             # a clean stop hands the lease over; the new leader follows the store
             stops[leader].set()
             await tasks[leader]
-            await _until(lambda: ts[other].leader, "takeover")
+            await until(lambda: ts[other].leader, "takeover")
             network(apis[leader], "blue")  # written by another process's API
-            await _until(lambda: bool(apis[other].db.lookup(
+            await until(lambda: bool(apis[other].db.lookup(
                 "routing-instance", [*PROJECT, "blue", "blue"])), "blue seen")
             blue = ri_of(apis[other], [*PROJECT, "blue"])
-            await _until(lambda: bool(targets_of(apis[other], blue)), "blue's route target")
+            await until(lambda: bool(targets_of(apis[other], blue)), "blue's route target")
         finally:
             for s in stops:
                 s.set()

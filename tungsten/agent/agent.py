@@ -49,7 +49,8 @@ class Agent:
     def __init__(self, node: str, underlay_ip: str, controls: list[str], datapath: Datapath,
                  api_url: str | None = None, state_dir: Path | None = None, mtu: int = 1500,
                  *, settle: float = 0.02, http: aiohttp.ClientSession | None = None,
-                 register: bool = True, stale_time: float = 15.0) -> None:
+                 register: bool = True, stale_time: float = 15.0,
+                 flow_log: bool = True) -> None:
         if not controls and api_url is None:
             raise ValueError("an agent needs at least one control URL")
         self.node = node
@@ -72,6 +73,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._plug_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._reconcile_waiters: list[asyncio.Future[None]] = []
+        self._config_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._config: ConfigClient | None = None
         self.vrouter_uuid: str | None = None
         # Graceful restart, agent side: after a headless spell, the routes learnt before are
@@ -81,6 +83,9 @@ class Agent:
         self._headless_since: float | None = None
         self._stale_routes: dict[str, Any] = {}
         self._stale_until = 0.0
+        # the linux datapath's flow log (nflog + conntrack events; see flowrecorder.py)
+        self._flow_log = flow_log
+        self.flow_recorder: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,6 +101,14 @@ class Agent:
             self._tasks.append(asyncio.create_task(self._config_loop(), name="agent config"))
         for s in self._sessions:
             s.start()
+        if self._flow_log and self.datapath.name == "linux" and self.flow_recorder is None:
+            from tungsten.agent.flowrecorder import FILE_NAME, FlowRecorder
+
+            rec = FlowRecorder(getattr(self.datapath, "netns", None),
+                               self.state_dir / FILE_NAME if self.state_dir else None,
+                               state=self.datapath.current)
+            await asyncio.to_thread(rec.start)
+            self.flow_recorder = rec
 
     async def stop(self) -> None:
         """Disconnect; the datapath keeps forwarding (an agent stop never flushes it)."""
@@ -114,7 +127,14 @@ class Agent:
         for f in self._reconcile_waiters:
             f.cancel()
         self._reconcile_waiters.clear()
+        for waiters in self._config_waiters.values():
+            for f in waiters:
+                f.cancel()
+        self._config_waiters.clear()
         await self._registry.flush()
+        if self.flow_recorder is not None:
+            await asyncio.to_thread(self.flow_recorder.stop)
+            self.flow_recorder = None
         if self._own_http and self._http is not None:
             await self._http.close()
             self._http = None
@@ -123,18 +143,20 @@ class Agent:
     async def add_port(self, vmi: str | None = None, *, network: str | None = None,
                        name: str | None = None, project: str | None = None,
                        wait: float = 10.0, ip: str | None = None,
-                       mac: str | None = None, persist: bool = True) -> dict[str, Any]:
-        """Register a port on this node (creating the VMI + instance-ip when given a network)
-        and wait up to ``wait`` seconds until it is plugged (its config arrived and it is in
-        the datapath).  Returns the port as ``port_info`` shows it.  ``persist=False``: the
-        registry is committed soon, not before returning (the caller commits)."""
+                       mac: str | None = None, persist: bool = True,
+                       new_uuid: str | None = None) -> dict[str, Any]:
+        """Register a port on this node (creating the VMI + instance-ip when given a network,
+        with ``new_uuid`` as its uuid when given) and wait up to ``wait`` seconds until it
+        is plugged (its config arrived and it is in the datapath).  Returns the port as
+        ``port_info`` shows it.  ``persist=False``: the registry is committed soon, not
+        before returning (the caller commits)."""
         created = False
         if vmi is None:
             if not network:
                 raise ValueError("give a port uuid (vmi) or a network")
             assert self._config is not None, "start() the agent first"
             vmi = await self._config.create_port(network, name or "", project, self.node,
-                                                 ip=ip, mac=mac) \
+                                                 ip=ip, mac=mac, uuid=new_uuid) \
                 if name else await self._create_unnamed(network, project)
             created = True
         old = self._registry.ports.get(vmi)
@@ -234,6 +256,52 @@ class Agent:
                         prefix_len=_prefix_len(pc, lp.ips[0] if lp.ips else None))
         return info
 
+    def live_config(self) -> View:
+        """The config part of the view as the primary (or another live) session holds it
+        now: a delta is in it as soon as it arrives, before the reconcile pass it starts
+        (``view`` is the merged view that pass computes from).  Read-only."""
+        live = [s for s in self._sessions if s.established and s.view is not None]
+        s = self._primary if self._primary in live else (live[0] if live else None)
+        return (s.view if s is not None else None) or self.view
+
+    def port_config(self, uuid: str) -> dict[str, Any] | None:
+        """The port's config (MAC, addresses, network) from ``live_config``; None until
+        the control node sent all of it (a port without addresses yet is not complete)."""
+        view = self.live_config()
+        pc = view.get("ports", {}).get(uuid)
+        if pc is None or not pc.get("mac") or not pc.get("ips") \
+                or pc.get("network") not in view.get("networks", {}):
+            return None
+        return {"uuid": uuid, "ifname": ifname_for(uuid), "network": pc["network"],
+                "mac": pc["mac"], "ips": [ip["address"] for ip in pc["ips"]],
+                "mtu": port_mtu(self.mtu, self.underlay_ip)}
+
+    async def wait_port_config(self, uuid: str, timeout: float) -> dict[str, Any] | None:
+        """``port_config`` once it is complete, waiting up to ``timeout`` seconds for the
+        control node's deltas (woken by the delta itself, not by a reconcile pass)."""
+        info = self.port_config(uuid)
+        if info is not None or timeout <= 0:
+            return info
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._config_waiters.setdefault(uuid, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._config_waiters.get(uuid)
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._config_waiters[uuid]
+        return self.port_config(uuid)
+
+    def _wake_config_waiters(self) -> None:
+        for uuid in [u for u in self._config_waiters if self.port_config(u) is not None]:
+            for f in self._config_waiters.pop(uuid):
+                if not f.done():
+                    f.set_result(None)
+
     def ports(self) -> list[dict[str, Any]]:
         return [self.port_info(u) for u in sorted(self._registry.ports)]
 
@@ -311,6 +379,8 @@ class Agent:
         if kind == "lost" and not s.established and self._primary is s:
             self._primary = None  # another live session (if any) takes over the config
         self._kick()
+        if self._config_waiters:
+            self._wake_config_waiters()
 
     def _merged_view(self) -> View | None:
         live = [s for s in self._sessions if s.established and s.view is not None]

@@ -3,10 +3,12 @@
 ``tungsten-cni`` is a thin client; this service does the work of each command:
 
 - **ADD** records the attachment (before anything exists, so a crash half-way is found
-  later), creates the port (VMI + instance-ip through the config API), waits for its config
-  from the control node, plugs it (a veth pair, or host-device mode), waits until the
-  datapath has installed it, and answers with the CNI result.  Any failure undoes what this
-  ADD made before the error goes back.
+  later; the port's uuid, and so its device's name, is chosen first), creates the port
+  (VMI + instance-ip through the config API) while a thread makes its veth pair, waits for
+  its config from the control node (woken by the delta), addresses the container's end (or
+  host-device mode), waits until the datapath has installed it (the pass that config
+  started usually finds the device there), and answers with the CNI result.  Any failure
+  undoes what this ADD made before the error goes back.
 - **DEL** releases what the record names (device, port, address), idempotently; an unknown
   attachment is already deleted.
 - **CHECK** compares the container's interface, addresses and routes with the result.
@@ -25,6 +27,7 @@ are timed (``Phases``; ``GET /cni/phases``, and the debug log).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -32,6 +35,7 @@ import logging
 import os
 import signal
 import time
+import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +45,7 @@ from typing import Any, TypeVar
 from tungsten.agent.agent import Agent
 from tungsten.agent.config import ConfigApiError
 from tungsten.agent.ports import Attachment, PortRecord, attachment_key
+from tungsten.agent.state import ifname_for, port_mtu
 
 log = logging.getLogger("tungsten.agent.cni")
 
@@ -50,7 +55,6 @@ T = TypeVar("T")
 E_CONTAINER, E_ENV, E_CONFIG, E_TRY_AGAIN = 3, 4, 7, 11
 E_AGENT, E_IF_EXISTS, E_API, E_NOT_READY, E_CHECK = 100, 101, 102, 103, 104
 SWEEP_INTERVAL = 10.0
-CONFIG_POLL_MAX = 1.0  # longest wait for a reconcile pass before looking again
 PHASES_KEPT = 1000  # per-command phase breakdowns kept for ``GET /cni/phases``
 
 
@@ -69,7 +73,8 @@ class Phases:
         self._last = now
 
     def record(self) -> dict[str, Any]:
-        return {"command": self.command, "total_ms":
+        # start: CLOCK_MONOTONIC seconds, comparable with the plugin's and a benchmark's
+        return {"command": self.command, "start": round(self.t0, 6), "total_ms":
                 round((time.perf_counter() - self.t0) * 1000, 3), "phases": dict(self.ms)}
 
 
@@ -116,6 +121,11 @@ class Plumber:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Start ``fn`` now; await it with ``asyncio.wrap_future`` (a thread cannot be
+        stopped: whoever undoes its work waits for it first)."""
+        return self._pool.submit(fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -217,7 +227,12 @@ class CniService:
                 raise CniFailure(E_IF_EXISTS, f"the container already has an interface "
                                  f"{ifname}", ifname)
             labels = data.get("labels") or {}
+            # the port's uuid is chosen here, so its node-side device is named before
+            # anything exists: the record below names both, and the veth is made while the
+            # config API creates the port
+            port = str(uuidlib.uuid4())
             att = Attachment(cid, ifname, netns, network, _str(data, "name"),
+                             port=port, host_ifname=ifname_for(port),
                              device=_str(data, "device", required=False),
                              spool_dir=str(data.get("spoolDir") or ""),
                              labels={str(k): str(v) for k, v in labels.items()}
@@ -250,6 +265,20 @@ class CniService:
 
     async def _add(self, att: Attachment, data: dict[str, Any], ph: Phases) \
             -> dict[str, Any]:
+        """ADD after the record: create the port and make its veth at once, then (its
+        config in) address the container side and wait for the datapath.  On failure the
+        veth is settled (made or not) before ``_release`` undoes it."""
+        veths: list[concurrent.futures.Future[str]] = []
+        try:
+            return await self._add_steps(att, data, ph, veths)
+        except BaseException:
+            for veth in veths:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wrap_future(veth)
+            raise
+
+    async def _add_steps(self, att: Attachment, data: dict[str, Any], ph: Phases,
+                         veths: list[concurrent.futures.Future[str]]) -> dict[str, Any]:
         try:
             timeout = float(data.get("timeout") or 60.0)
             want_mtu = int(data.get("mtu") or 0)
@@ -260,16 +289,31 @@ class CniService:
         if len(ips) > 1:
             raise CniFailure(E_CONFIG, "one requested address per attachment is supported",
                              "runtimeConfig.ips")
-        mac = str(data.get("mac") or "") or None
+        mac = str(data.get("mac") or "") or _mac_for(att.port)
+        mtu = port_mtu(self.agent.mtu, self.agent.underlay_ip)
+        if want_mtu:
+            if want_mtu > mtu:
+                raise CniFailure(E_CONFIG, f"mtu {want_mtu} exceeds the overlay MTU {mtu} of "
+                                 "this node (underlay MTU minus the VXLAN overhead)", "mtu")
+            mtu = want_mtu
+        p = self.plumber
+        veth: concurrent.futures.Future[str] | None = None
+        if p is not None and not att.device:
+            # made while the port is created and its config comes: the reconcile pass that
+            # config starts finds the device and installs the port at once
+            veth = p.submit(_make_veth, p.node_netns, att.netns, att.host_ifname, mac, mtu,
+                            att.ifname)
+            veths.append(veth)
         info = await self.agent.add_port(network=att.network,
                                          name=_port_name(self.agent.node, att), wait=0,
-                                         ip=ips[0] if ips else None, mac=mac, persist=False)
-        att.port = str(info["uuid"])
-        att.host_ifname = str(info["ifname"])
-        # not awaited: a crash before this write is found by the port's name (sweep);
-        # awaited before plugging, so the device is on record before it exists
-        written = asyncio.ensure_future(self._commit())
-        written.add_done_callback(_retrieved)  # an ADD failing before it awaits it
+                                         ip=ips[0] if ips else None, mac=mac, persist=False,
+                                         new_uuid=att.port)
+        if str(info["uuid"]) != att.port:  # a port of that name existed: adopted
+            if veth is not None:
+                await self._drop_veth(veth, att.host_ifname)
+                veth = None
+            att.port, att.host_ifname = str(info["uuid"]), str(info["ifname"])
+            await self._commit()  # on record before its device exists
         ph.mark("create")
         info = await self._wait_config(att.port, timeout)
         ph.mark("config")
@@ -277,19 +321,15 @@ class CniService:
                                                         for i in info["ips"]}:
             raise CniFailure(E_API, f"the port got {info['ips']}, not the requested {ips[0]}",
                              "runtimeConfig.ips", 409)
-        mtu = int(info["mtu"])
-        if want_mtu:
-            if want_mtu > mtu:
-                raise CniFailure(E_CONFIG, f"mtu {want_mtu} exceeds the overlay MTU {mtu} of "
-                                 "this node (underlay MTU minus the VXLAN overhead)", "mtu")
-            mtu = want_mtu
-        view = self.agent.view
+        if veth is not None and str(info["mac"]).lower() != mac.lower():
+            await self._drop_veth(veth, att.host_ifname)  # the API chose another MAC
+            veth = None
+        view = self.agent.live_config()
         subnets = [_subnet_of(view, info["network"], ip) for ip in info["ips"]]
         if ips and not subnets[0]:
             raise CniFailure(E_CONFIG, f"invalid network config: runtimeConfig.ips: {ips[0]} "
                              f"is in no subnet of {att.network}", "runtimeConfig.ips")
         gateways = [str(s["gateway"]) for s in subnets if _real(s.get("gateway"))]
-        await written
         host_mac = ""
         gw = gateways[0] if gateways else None
         routes: list[tuple[str, str]] = []
@@ -301,8 +341,7 @@ class CniService:
                 _has_default_route, att.netns, v)
             routes = [("0.0.0.0/0" if v == 4 else "::/0", gw)] if first else \
                 [(str(s["prefix"]), gw) for s in subnets[:1] if s.get("prefix")]
-        if self.plumber is not None:
-            p = self.plumber
+        if p is not None:
             if att.device:
                 try:
                     att.device_peer = await p.run(_adopt, p.node_netns, att.device, att.netns,
@@ -313,6 +352,9 @@ class CniService:
                 await self._commit()
                 host = await p.run(_inspect, p.node_netns, att.host_ifname)
                 host_mac = host["mac"] if host else ""
+            elif veth is not None:
+                host_mac = await asyncio.wrap_future(veth)
+                await p.run(_configure, att.netns, att.ifname, info["ips"], gw, routes)
             else:
                 host_mac = await p.run(_plug, p.node_netns, att.netns, att.host_ifname,
                                        info["mac"], info["ips"], gw, mtu, att.ifname, routes)
@@ -339,21 +381,22 @@ class CniService:
             "port": att.port, "network": info.get("network_name") or att.network,
         }
 
+    async def _drop_veth(self, veth: concurrent.futures.Future[str], ifname: str) -> None:
+        """Undo a veth made ahead (once its making is over, whatever its outcome)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(veth)
+        assert self.plumber is not None
+        await self.plumber.run(_unplug, self.plumber.node_netns, ifname)
+
     async def _wait_config(self, port: str, timeout: float) -> dict[str, Any]:
-        """The port once its config (MAC, addresses) came from the control node."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            info = self.agent.port_info(port)
-            if info.get("mac") and info.get("ips"):
-                return info
-            left = deadline - loop.time()
-            if left <= 0:
-                raise CniFailure(E_NOT_READY, f"port {port} got no config from the control "
-                                 f"node within {timeout:g} s", port, 503)
-            # the config lands in the agent's view in a reconcile pass: wait for the next
-            # one (bounded, in case a pass fails)
-            await self.agent.reconciled(min(left, CONFIG_POLL_MAX))
+        """The port's config (MAC, addresses, network) once the control node sent it: the
+        delta wakes the ADD, which plugs while the reconcile pass that delta started
+        applies (the datapath leaves a port without its device out until it exists)."""
+        info = await self.agent.wait_port_config(port, timeout)
+        if info is None:
+            raise CniFailure(E_NOT_READY, f"port {port} got no config from the control "
+                             f"node within {timeout:g} s", port, 503)
+        return info
 
     # -- DEL, GC, sweep ----------------------------------------------------------------------
     async def delete(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -454,7 +497,13 @@ class CniService:
             except Exception:  # the port and its address still go: never leak an address
                 log.exception("CNI: unplugging %s failed", att.key)
         ph.mark("unplug")
-        port = att.port or await self._port_by_name(att)
+        port = att.port
+        if att.state != "ready":  # a retried create may have adopted a port of that name
+            by_name = await self._port_by_name(att)
+            if by_name and by_name != port:
+                if port:
+                    await self._forget_port(port)
+                port = by_name
         # the record goes in the same write that records the port's deletion as owed
         self.attachments.pop(att.key, None)
         if port:
@@ -467,10 +516,15 @@ class CniService:
             await self._commit()
         ph.mark("delete")
 
+    async def _forget_port(self, port: str) -> None:
+        reg = self.agent.registry
+        if port not in reg.ports:  # created, not registered yet: still ours to delete
+            reg.ports[port] = PortRecord(port, created=True)
+        await self.agent.delete_port(port)
+
     async def _port_by_name(self, att: Attachment) -> str:
-        """The VMI an ADD may have created before recording its uuid (the agent died)."""
-        if att.state == "ready":
-            return ""
+        """The VMI of the attachment's name: one an ADD adopted (a retried create) before
+        recording its uuid, or one recorded by an older agent only once created."""
         fq = [*att.network.split(":")[:-1], _port_name(self.agent.node, att)]
         return await self.agent.port_by_name(fq) or ""
 
@@ -529,10 +583,12 @@ class CniService:
                  "labels": a.labels} for a in self.attachments.values()]
 
 
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Mark a task's outcome as seen (an error is the awaiting code's, or nobody's)."""
-    if not task.cancelled():
-        task.exception()
+def _mac_for(port: str) -> str:
+    """The MAC of a port the agent creates (the config API's own scheme: 02 and the
+    uuid's first bytes), given by the agent so the veth can be made before the config
+    comes back."""
+    h = port.replace("-", "")
+    return "02:" + ":".join(h[i:i + 2] for i in range(0, 10, 2))
 
 
 def _port_name(node: str, att: Attachment) -> str:
@@ -553,6 +609,18 @@ def _plug(*args: Any) -> str:
     from tungsten.datapath.linux import plumb
 
     return plumb.plug(*args)
+
+
+def _make_veth(*args: Any) -> str:
+    from tungsten.datapath.linux import plumb
+
+    return plumb.make_veth(*args)
+
+
+def _configure(*args: Any) -> None:
+    from tungsten.datapath.linux import plumb
+
+    plumb.configure(*args)
 
 
 def _unplug(node_netns: str | None, ifname: str) -> None:

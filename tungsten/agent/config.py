@@ -84,9 +84,11 @@ class ConfigClient:
         return uuid, fq
 
     async def create_port(self, network: str, name: str, project: str | None,
-                          node: str, *, ip: str | None = None, mac: str | None = None) -> str:
+                          node: str, *, ip: str | None = None, mac: str | None = None,
+                          uuid: str | None = None) -> str:
         """A VMI on ``network`` bound to ``node``, with an instance-ip (``ip`` when given,
-        else allocated) and ``mac`` when given; idempotent by name."""
+        else allocated), ``mac`` and ``uuid`` when given; idempotent by name (the uuid of
+        a port of that name made before is returned)."""
         vn_uuid, vn_fq = await self.network(network, project)
         proj = project.split(":") if project else vn_fq[:-1]
         fq = [*proj, name]
@@ -98,6 +100,8 @@ class ConfigClient:
         }
         if mac:
             vmi["virtual_machine_interface_mac_addresses"] = {"mac_address": [mac]}
+        if uuid:
+            vmi["uuid"] = uuid
         body = {"virtual-machine-interface": vmi}
         try:
             out = await self._call("POST", "/virtual-machine-interfaces", body)

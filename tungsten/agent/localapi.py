@@ -13,6 +13,8 @@
     POST   /cni/gc          CNI GC    {"name", "validAttachments": [{"containerID", "ifname"}]}
     GET    /cni/attachments the CNI attachments of this node
     GET    /cni/phases      where recent ADDs/DELs spent their time (?clear=1 empties it)
+    GET    /flows           the flow log (?since=EPOCH&last=N&action=pass|deny&rule=UUID
+                            &event=decision|start|end)
 """
 
 from __future__ import annotations
@@ -162,6 +164,25 @@ def build_local_app(agent: Agent, cni: CniService | None = None) -> web.Applicat
         return _json(out)
 
     app.router.add_get("/cni/phases", cni_phases)
+
+    async def flows(request: web.Request) -> web.Response:
+        rec = agent.flow_recorder
+        if rec is None:
+            return _error(404, f"the agent of {agent.node} keeps no flow log (it runs the "
+                               f"{agent.datapath.name} datapath; the log needs linux)")
+        q = request.query
+        try:
+            since = float(q["since"]) if q.get("since") else None
+            last = int(q["last"]) if q.get("last") else None
+        except ValueError:
+            return _error(400, "since is a time (seconds since the epoch), last a count")
+        return _json({"node": agent.node, **rec.status(),
+                      "records": rec.records(since=since, last=last,
+                                             action=q.get("action") or None,
+                                             rule=q.get("rule") or None,
+                                             event=q.get("event") or None)})
+
+    app.router.add_get("/flows", flows)
     return app
 
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +104,11 @@ class PortRegistry:
         return reg
 
     def _body(self) -> bytes:
-        return orjson.dumps({"ports": [asdict(p) for p in self.ports.values()],
+        # orjson serializes the dataclasses itself, a hundred times faster than asdict():
+        # the snapshot is taken on the event loop, once per commit, and grows with the node
+        return orjson.dumps({"ports": list(self.ports.values()),
                              "pending_deletes": self.pending_deletes,
-                             "attachments": [asdict(a) for a in self.attachments.values()]})
+                             "attachments": list(self.attachments.values())})
 
     def _write(self, body: bytes) -> None:
         """Write atomically: a crash leaves the old file or the new one, never half.  The

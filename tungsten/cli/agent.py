@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import click
 
 from tungsten.agent.localclient import UnixHTTPConnection
-from tungsten.cli.common import env_names, fail, setup_logging
+from tungsten.cli.common import env_names, fail, setup_logging, stop_on_signals
 from tungsten.datapath.base import Datapath, DatapathState
 
 
@@ -164,10 +163,7 @@ async def _run(node: str, underlay_ip: str, controls: list[str], api_url: str | 
         fail(f"cannot serve on {sock}: {e.strerror or e}")
     click.echo(f"Tungsten agent {node} ({underlay_ip}) on {sock}, control "
                f"{', '.join(controls)}", err=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     await runner.cleanup()
     await ag.stop()

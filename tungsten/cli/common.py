@@ -1,9 +1,11 @@
-"""Helpers shared by the CLI commands: errors, logging, environment names."""
+"""Helpers shared by the CLI commands: errors, logging, environment names, stop signals."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -14,6 +16,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error (no traceback) and exit."""
     click.echo(f"tungsten: error: {message}", err=True)
     sys.exit(code)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets: a server's cue to stop cleanly (call it in the
+    running event loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def env_names(name: str) -> list[str]:

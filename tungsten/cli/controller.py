@@ -7,7 +7,6 @@ import gc
 import ipaddress
 import logging
 import os
-import signal
 import socket
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,7 +16,7 @@ import click
 from aiohttp import web
 
 from tungsten import __version__
-from tungsten.cli.common import env_names, fail, setup_logging
+from tungsten.cli.common import env_names, fail, setup_logging, stop_on_signals
 
 DEFAULT_LISTEN = "127.0.0.1:8082"
 
@@ -167,10 +166,7 @@ async def _serve(app: web.Application, host: str, port: int, detail: str,
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"Tungsten controller {__version__} serving the VNC API on "
                f"http://{shown}:{port}/ ({detail})", err=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     tasks = [asyncio.create_task(run(stop)) for run in services]
     await stop.wait()
     for task in tasks:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 from typing import TYPE_CHECKING
 
 import click
 
-from tungsten.cli.common import env_names, fail, setup_logging
+from tungsten.cli.common import env_names, fail, setup_logging, stop_on_signals
 
 if TYPE_CHECKING:
     from tungsten.transformer.service import Transformer
@@ -52,8 +51,5 @@ def transformer(store_url: str | None, holder: str | None, lease_s: float,
 
 
 async def _run(t: Transformer) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await t.run(stop)

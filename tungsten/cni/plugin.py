@@ -11,7 +11,6 @@ and the agent releases the attachment when it is back.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import time
 from _socket import AF_UNIX, SOCK_STREAM
 from _socket import socket as unix_socket
 
-from tungsten.cni import spec
+from tungsten.cni import cjson, spec
 from tungsten.cni.spec import CniError
 
 TYPE_CHECKING = False  # no typing import at run time: start-up is this program's cost
@@ -37,7 +36,7 @@ class Unreachable(Exception):
 def agent_call(sock_path: str, method: str, path: str, body: Any, timeout: float) \
         -> tuple[int, Any]:
     """One HTTP/1.1 request over the agent's unix socket: (status, decoded JSON body)."""
-    payload = b"" if body is None else json.dumps(body).encode()
+    payload = b"" if body is None else cjson.dumps(body).encode()
     head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
     s = unix_socket(AF_UNIX, SOCK_STREAM)
@@ -64,7 +63,7 @@ def agent_call(sock_path: str, method: str, path: str, body: Any, timeout: float
     top, _, data = raw.partition(b"\r\n\r\n")
     try:
         status = int(top.split(b" ", 2)[1])
-        return status, json.loads(data) if data else None
+        return status, cjson.loads(data) if data else None
     except (IndexError, ValueError):
         raise Unreachable(f"the agent on {sock_path} sent a reply that is not HTTP/JSON") \
             from None
@@ -107,7 +106,7 @@ def spool_delete(env: Env, conf: NetConf) -> str:
     path = os.path.join(conf.spool_dir, f"{env.container_id}_{env.ifname}.json")
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        json.dump({**_request(env, conf), "time": time.time()}, f)
+        f.write(cjson.dumps({**_request(env, conf), "time": time.time()}))
     os.replace(tmp, path)
     return path
 
@@ -164,7 +163,7 @@ HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc,
 def _version_of(raw: bytes) -> str:
     """The cniVersion to answer errors with, before the config is known to be valid."""
     try:
-        return spec.stdin_version(json.loads(raw or b"null"))
+        return spec.stdin_version(cjson.loads(raw or b"null"))
     except ValueError:
         return spec.SUPPORTED_VERSIONS[-1]
 
@@ -178,17 +177,17 @@ def run(environ: dict[str, str] | os._Environ[str], raw: bytes, out: IO[str]) ->
         data = spec.decode(raw)
         if env.command == "VERSION":
             asked = data.get("cniVersion") if isinstance(data, dict) else None
-            out.write(json.dumps({"cniVersion": asked or version,
+            out.write(cjson.dumps({"cniVersion": asked or version,
                                   "supportedVersions": list(spec.SUPPORTED_VERSIONS)}) + "\n")
             return 0
         conf = spec.parse_config(data, env)
         version = conf.cni_version
         result = HANDLERS[env.command](env, conf)
         if result is not None:
-            out.write(json.dumps(result) + "\n")
+            out.write(cjson.dumps(result) + "\n")
         return 0
     except CniError as e:
-        out.write(json.dumps(e.body(version)) + "\n")
+        out.write(cjson.dumps(e.body(version)) + "\n")
         return 1
 
 

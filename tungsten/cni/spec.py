@@ -1,15 +1,16 @@
 """The CNI contract as pure functions: environment and network-config validation, error
-codes, and result formatting per ``cniVersion``.  Stdlib only (``json``, ``os``,
-``re``, ``_socket``): the plugin imports this on every call.
+codes, and result formatting per ``cniVersion``.  Stdlib only (``os``, ``_socket``, and
+``_json`` through ``cjson``): the plugin imports this on every call.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 # the C module, not ``socket.py`` (its enums and ``selectors`` cost ~2 ms per plugin run)
 from _socket import AF_INET, AF_INET6, inet_pton
+
+from tungsten.cni import cjson
 
 TYPE_CHECKING = False  # typing and dataclasses cost milliseconds at every plugin start
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class NetConf:
 
 def decode(raw: bytes) -> Any:
     try:
-        return json.loads(raw or b"")
+        return cjson.loads(raw or b"")
     except ValueError as e:
         raise CniError(E_DECODE, "the network config on stdin is not JSON", str(e)) from None
 

@@ -150,6 +150,7 @@ class ControlNode:
         self._by_ri: dict[str, set[str]] = {}  # watched RI -> sessions that have it
         self._dirty: set[str] = set()  # sessions whose config must be recomputed
         self._rib_dirty = True
+        self._prompt = False  # a subscription waits: flush it without waiting for the window
         self._wake = asyncio.Event()
         self._budget = WriteBudget()
         self._tasks: list[asyncio.Task[None]] = []
@@ -256,16 +257,24 @@ class ControlNode:
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
-        last = -self.window
+        last = last_prompt = -self.window
         while True:
             await self._wake.wait()
             # leading edge: a change after a quiet spell goes out at once; within a burst,
-            # at most one flush per window (what arrives meanwhile is coalesced)
-            wait = last + self.window - loop.time()
+            # at most one flush per window (what arrives meanwhile is coalesced).  A
+            # subscription (a new port: an agent's CNI ADD waits for its config) goes out at
+            # once too, at most once per window of its own, so an ADD right after another is
+            # not held by the flush of the previous one's route
+            now = loop.time()
+            wait = last + self.window - now
+            if self._prompt and now - last_prompt >= self.window:
+                wait = 0.0
             if wait > 0:
                 await asyncio.sleep(wait)
             self._wake.clear()
             last = loop.time()
+            if self._prompt:
+                self._prompt, last_prompt = False, last
             try:
                 self.flush()
             except Exception:  # a bug: keep serving, the next change retries
@@ -500,6 +509,7 @@ class ControlNode:
         elif kind == p.SUBSCRIBE:
             s.ports |= set(_strings(msg.get("ports") or [], "ports"))
             self._dirty.add(s.id)
+            self._prompt = True
         elif kind == p.UNSUBSCRIBE:
             s.ports -= set(_strings(msg.get("ports") or [], "ports"))
             self._dirty.add(s.id)

@@ -436,10 +436,8 @@ def _semantic_errors(data: dict[str, Any],
                            f"policy {p['name']!r} rule {j + 1}: {end} {r[end]!r} is neither a "
                            "network of the lab nor a CIDR")
             for end in ("src_ports", "dst_ports"):
-                lo, hi = _ports(r.get(end, "any"))
-                if lo > hi or hi > 65535:
-                    yield (marks.at(("policies", i, "rules", j, end)),
-                           f"policy {p['name']!r} rule {j + 1}: bad port range {r[end]!r}")
+                yield from _port_range_errors(r, end, ("policies", i, "rules", j), marks,
+                                              f"policy {p['name']!r} rule {j + 1}")
     yield from _security_errors(data, marks, set(networks), projects)
 
 
@@ -449,6 +447,15 @@ def _is_cidr(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _port_range_errors(rule: Mapping[str, Any], key: str, path: Path_, marks: _Marks,
+                       where: str) -> Iterator[tuple[tuple[int, int], str]]:
+    """A rule's port range ``key`` (the schema checked its form) must not run backwards or
+    past 65535."""
+    lo, hi = _ports(rule.get(key, "any"))
+    if lo > hi or hi > 65535:
+        yield marks.at((*path, key)), f"{where}: bad port range {rule.get(key)!r}"
 
 
 def _security_errors(data: dict[str, Any], marks: _Marks, networks: set[str],
@@ -510,10 +517,8 @@ def _security_errors(data: dict[str, Any], marks: _Marks, networks: set[str],
                 yield (marks.at(("security_groups", i, "rules", j, "remote")),
                        f"{where}: remote {remote!r} is neither any, a CIDR nor a security "
                        "group of the lab")
-            lo, hi = _ports(r.get("ports", "any"))
-            if lo > hi or hi > 65535:
-                yield (marks.at(("security_groups", i, "rules", j, "ports")),
-                       f"{where}: bad port range {r.get('ports')!r}")
+            yield from _port_range_errors(r, "ports", ("security_groups", i, "rules", j),
+                                          marks, where)
     tag_re = re.compile(str(TAG["pattern"]))
     for i, p in enumerate(data.get("firewall_policies", [])):
         for j, r in enumerate(p["rules"]):
@@ -532,10 +537,8 @@ def _security_errors(data: dict[str, Any], marks: _Marks, networks: set[str],
                     yield (marks.at(("firewall_policies", i, "rules", j, end)),
                            f"{where}: {end} {text!r} is neither any, tags, a network, an "
                            "address group of the lab nor a CIDR")
-            lo, hi = _ports(r.get("ports", "any"))
-            if lo > hi or hi > 65535:
-                yield (marks.at(("firewall_policies", i, "rules", j, "ports")),
-                       f"{where}: bad port range {r.get('ports')!r}")
+            yield from _port_range_errors(r, "ports", ("firewall_policies", i, "rules", j),
+                                          marks, where)
     for i, a in enumerate(data.get("application_policy_sets", [])):
         for k, name in enumerate(a["policies"]):
             if name not in fw_policies:

@@ -112,15 +112,16 @@ class Host:
         sys.stdout.flush()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(host_class: type[Host] = Host, description: str | None = __doc__) -> None:
+    """Serve a host of ``host_class`` (``sechost.py`` adds a command to ``Host``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--first", type=int, required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--control", action="append", required=True)
     p.add_argument("--api", required=True)
     p.add_argument("--state-dir", type=Path, required=True)
     args = p.parse_args()
-    host = Host(args.first, args.count, args.control, args.api, args.state_dir)
+    host = host_class(args.first, args.count, args.control, args.api, args.state_dir)
     asyncio.run(host.serve())
 
 

@@ -13,15 +13,13 @@ field of a rule that keeps its uuid).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from tungsten.agent.agent import Agent
 from tungsten.sim.host import Host
+from tungsten.sim.host import main as host_main
 
 
 def _security_rules(state: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -57,15 +55,7 @@ class SecurityHost(Host):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--first", type=int, required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--control", action="append", required=True)
-    p.add_argument("--api", required=True)
-    p.add_argument("--state-dir", type=Path, required=True)
-    args = p.parse_args()
-    host = SecurityHost(args.first, args.count, args.control, args.api, args.state_dir)
-    asyncio.run(host.serve())
+    host_main(SecurityHost, __doc__)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,13 @@ import ipaddress
 import json
 import re
 import socket
-import subprocess
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tungsten.datapath.base import DatapathState, Vrf
+from tungsten.datapath.linux.ctnetlink import CtNetlink, Flow
 from tungsten.datapath.linux.flowlog import log_statements
 from tungsten.datapath.linux.ordered import (
     ALL_ADDRS,
@@ -55,18 +56,20 @@ from tungsten.datapath.linux.ordered import (
     ANY_PROTO,
     STEPS,
     Box,
+    Elements,
     SetSpec,
     Span,
     Step,
     box_elem,
     compile_ordered,
     digest,
+    elem_key,
     intersect,
     merge,
     net_span,
 )
-from tungsten.datapath.linux.reeval import Conntrack, Flow
-from tungsten.datapath.linux.secrules import security_chains
+from tungsten.datapath.linux.reeval import Conntrack
+from tungsten.datapath.linux.secrules import SecurityPlans, security_chains
 from tungsten.security.verdict import PORT_PROTOCOLS, port_ranges
 
 FAMILY = "inet"
@@ -96,11 +99,11 @@ class Chain:
         return ("filter", self.hook, self.prio, self.policy)
 
     def digests(self) -> tuple[str, ...]:
+        return self._digests
+
+    @functools.cached_property
+    def _digests(self) -> tuple[str, ...]:  # hashed once per plan, compared on every apply
         return tuple(rule_comment(r) for r in self.rules)
-
-
-def elem_key(elem: Any) -> str:
-    return json.dumps(elem, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class NamedSet:
 
     @functools.cached_property
     def _by_key(self) -> dict[str, Any]:  # planned once, compared on every apply
+        if isinstance(self.elements, Elements):  # keyed when planned (shared across plans)
+            return self.elements.by_key
         return {elem_key(e): e for e in self.elements}
 
 
@@ -204,10 +209,12 @@ def _order(prefix: str) -> tuple[int, int, int]:
 
 
 def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
-            device_of: Mapping[int, str] | None = None) -> Ruleset | None:
+            device_of: Mapping[int, str] | None = None,
+            plans: SecurityPlans | None = None) -> Ruleset | None:
     """The table ``state`` needs (None: no network on this node, no table).
 
-    ``device_of`` maps a VNI to the network's VXLAN device name on this node.
+    ``device_of`` maps a VNI to the network's VXLAN device name on this node; ``plans``
+    memoises security-group sets across applies (``secrules.SecurityPlans``).
     """
     if not state.vrfs:
         return None
@@ -242,7 +249,7 @@ def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
             chains.append(Chain(achain, arules))
             acl_sets += asets
             acl_dispatch += [(d, achain) for d in ports_of.get(v.network, ())]
-    sec_chains, sec_dispatch, sec_sets = security_chains(state, resolvers)
+    sec_chains, sec_dispatch, sec_sets = security_chains(state, resolvers, plans)
     chains += [Chain(name, rules) for name, rules in sec_chains]
 
     zone: list[Expr] = []
@@ -261,7 +268,8 @@ def ruleset(state: DatapathState, table: str = DEFAULT_TABLE,
     chains.append(Chain("zone", tuple(zone), hook="prerouting", prio=-300))
     chains.append(Chain("forward", tuple(fwd), hook="forward", prio=0))
     return Ruleset(table, tuple(chains), zones, state,
-                   tuple(NamedSet(name, kind, tuple(elems))
+                   tuple(NamedSet(name, kind, elems if isinstance(elems, Elements)
+                                  else tuple(elems))
                          for name, kind, elems in [*acl_sets, *sec_sets]))
 
 
@@ -592,6 +600,8 @@ def commands(listed: Listed | None, want: Ruleset | None, table: str = DEFAULT_T
         elif have is None:
             out.append({"flush": {"set": sref}})
             adds = list(ns.elements)
+        elif have is elems:  # the keys the last plan installed, reused by this one
+            adds = []
         else:
             gone = [e for k, e in have.items() if k not in elems]
             adds = [e for k, e in elems.items() if k not in have]
@@ -693,6 +703,66 @@ def _changed_devices(cmds: list[Json]) -> set[str] | None:
     return devices
 
 
+def _dispatch(rule: Expr) -> tuple[Any, dict[str, Any]] | None:
+    """A dispatch rule (one vmap keyed by a device name) as its key and device -> verdict;
+    None for any other rule."""
+    if len(rule) != 1 or "vmap" not in rule[0]:
+        return None
+    try:
+        vm = rule[0]["vmap"]
+        return vm["key"], {str(dev): v for dev, v in vm["data"]["set"]}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _plan_devices(prev: Ruleset, want: Ruleset) -> set[str] | None:
+    """The port devices whose flows' verdicts may differ between two plans of our table:
+    those whose own chains differ, whose own sets differ other than by widening (elements
+    added to a set that admits, deleted from one that denies), or whose entries in a
+    dispatch map (the ``zone`` and ``forward`` vmaps) differ.  None when anything shared
+    differs (a network's ACL or zone, any other rule): every flow is judged.
+
+    A port that joins a node therefore has only its own flows judged, though the dispatch
+    maps changed and its group's other members admit one more address."""
+    if prev.zones != want.zones:
+        return None
+    devices: set[str] = set()
+    old, new = {c.name: c for c in prev.chains}, {c.name: c for c in want.chains}
+    for name in old.keys() | new.keys():
+        a, b = old.get(name), new.get(name)
+        if a == b:
+            continue
+        m = PORT_SCOPED.match(name)
+        if m is not None:
+            devices.add(m.group(1))
+            continue
+        if a is None or b is None or a.spec() != b.spec() or len(a.rules) != len(b.rules):
+            return None
+        for ra, rb in zip(a.rules, b.rules, strict=True):
+            if ra == rb:
+                continue
+            da, db = _dispatch(ra), _dispatch(rb)
+            if da is None or db is None or da[0] != db[0]:
+                return None
+            devices |= {d for d in da[1].keys() | db[1].keys() if da[1].get(d) != db[1].get(d)}
+    olds, news = {x.name: x for x in prev.sets}, {x.name: x for x in want.sets}
+    for name in olds.keys() | news.keys():
+        sa, sb = olds.get(name), news.get(name)
+        if sa is not None and sb is not None and sa.spec() == sb.spec():
+            have, will = sa.by_key().keys(), sb.by_key().keys()
+            if have == will:
+                continue
+            if ALLOW_SET.match(name) and have <= will:
+                continue  # admits more: no admitted flow is denied now
+            if DENY_SET.match(name) and will <= have:
+                continue  # denies less
+        m = PORT_SCOPED.match(name)
+        if m is None:
+            return None
+        devices.add(m.group(1))
+    return devices
+
+
 def parse_set_elements(objects: Iterable[Mapping[str, Any]], table: str
                        ) -> dict[str, dict[str, Any]]:
     """Set name -> {element key: element} from a full ``nft -j list table``, elements
@@ -754,7 +824,13 @@ class NftError(RuntimeError):
 
 
 class Nft:
-    """libnftables (JSON) in one network namespace: list our table, run one transaction."""
+    """libnftables (JSON) in one network namespace: list our table, run one transaction.
+
+    One libnftables context per namespace, made inside it (its netlink socket stays there:
+    ``nftlib.py``), reused by every call under a lock; made again if the namespace behind
+    the name changes.  The table is listed only when the namespace's ruleset generation is
+    not the one our last transaction left (someone else committed, or we just started):
+    otherwise the table is what that transaction made it."""
 
     def __init__(self, netns: str | None, table: str = DEFAULT_TABLE) -> None:
         self.netns = netns
@@ -762,14 +838,71 @@ class Nft:
         self.last_reevaluated: list[Flow] = []  # conntrack entries the last change deleted
         # elements of each named set as our last transaction left them (key -> element)
         self._installed: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()  # the agent applies from a worker thread
+        self._ns_id: tuple[int, int] | None = None
+        self._ctx: Any = None  # nftlib.Nftables, made inside the namespace
+        self._gen: Any = None  # nftlib.Generation, a socket in the namespace
+        self._ct: CtNetlink | None = None  # conntrack of the namespace, kept open
+        # our table as our last transaction left it, and the generation it left
+        self._known: tuple[Listed | None, int] | None = None
+        self._last: Ruleset | None = None  # the plan our last transaction applied
+
+    def _bound(self) -> None:
+        """The context and generation socket of the namespace now behind ``netns`` (the
+        conntrack socket is dropped with them)."""
+        from tungsten.datapath.linux.netlink import in_netns
+        from tungsten.datapath.linux.nftlib import Generation, Nftables, netns_id
+
+        now = netns_id(self.netns)
+        if self._ctx is not None and now == self._ns_id:
+            return
+        self._forget()
+        with in_netns(self.netns):
+            self._ctx = Nftables()
+        self._ns_id = now
+        with contextlib.suppress(OSError):  # without it, the table is listed every time
+            self._gen = Generation(self.netns)
+
+    def _conntrack(self) -> CtNetlink | None:
+        """The namespace's conntrack socket, kept open (made again after it failed); None
+        if there is none: ``reeval.py`` then tries its own, and logs that it cannot."""
+        if self._ct is not None and self._ct.failed:
+            self._ct.close()
+            self._ct = None
+        if self._ct is None:
+            with contextlib.suppress(OSError):
+                self._ct = CtNetlink(self.netns)
+        return self._ct
+
+    def _forget(self) -> None:
+        for sock in (self._gen, self._ct):
+            if sock is not None:
+                sock.close()
+        self._ctx = self._gen = self._ct = self._known = self._last = None
+        self._installed = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._forget()
+
+    def forget(self) -> None:
+        """Take nothing for granted: the next ``converge`` lists the table (a full pass,
+        or after a failure left the kernel in doubt)."""
+        with self._lock:
+            self._known = None
+
+    def _generation(self) -> int | None:
+        if self._gen is None:
+            return None
+        try:
+            return int(self._gen())
+        except OSError:
+            return None
 
     def _run(self, cmds: list[Json], terse: bool = False) -> tuple[int, Any, str]:
-        from tungsten.datapath.linux.netlink import in_netns
-        from tungsten.datapath.linux.nftlib import Nftables
-
-        # a fresh context per call, made inside the namespace: its netlink socket is there
-        with in_netns(self.netns):
-            nft = Nftables()
+        with self._lock:
+            self._bound()
+            nft = self._ctx
             nft.set_terse_output(terse)  # terse: named sets listed without their elements
             rc, out, err = nft.json_cmd({"nftables": cmds})
         return int(rc), out, str(err)
@@ -806,12 +939,27 @@ class Nft:
         """Make our table ``want``; the commands run ([] when it already was).  After a
         change, established flows the new rules deny lose their conntrack entries
         (``reeval.py``), so their next packet meets the gates again."""
-        listed = self.listed()
+        with self._lock:
+            return self._converge(want)
+
+    def _converge(self, want: Ruleset | None) -> list[Json]:
+        self._bound()
+        gen = self._generation()
+        # nothing committed since our last transaction: the table is what it left
+        known = self._known if self._known is not None and self._known[1] == gen else None
+        trusted = known is not None
+        listed = known[0] if known is not None else self.listed()
+        self._known = None
         if listed is None:
             self._installed = {}
         elif not self._installed and listed.sets:
             self._installed = self.installed_sets()
+        # the plan the table holds, when the listing shows it is the last one we applied
+        prev = self._last if self._last is not None and (
+            trusted or listed == listed_as(self._last)) else None
+        self._last = None
         cmds = commands(listed, want, self.table, self._installed)
+        retried = False
         try:
             self.apply(cmds)
         except NftError:
@@ -820,12 +968,34 @@ class Nft:
             # an element added inside one the set holds is refused: reload the sets whole
             self._installed = {}
             cmds = commands(listed, want, self.table, None)
+            retried = True
             self.apply(cmds)
         self._installed = {ns.name: ns.by_key() for ns in want.sets} if want else {}
+        after = self._generation() if gen is not None else None
+        if not cmds:
+            self._known = (listed, gen) if gen is not None and after == gen else None
+        elif not retried and gen is not None and after == gen + 1:
+            # exactly one commit since the listing, ours: the table is ``want``
+            self._known = (listed_as(want), after)
+        self._last = want
         self.last_reevaluated = []
         if cmds and want is not None and want.state is not None and not _only_widens(cmds):
-            # without the conntrack tool, established flows keep their entries until idle
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                self.last_reevaluated = Conntrack(self.netns).reevaluate(
-                    want.state, want.zones, _changed_devices(cmds), _affected(cmds))
+            devices = _changed_devices(cmds)
+            if devices is None and prev is not None:
+                devices = _plan_devices(prev, want)
+            if devices == set():
+                return cmds  # only widened: no admitted flow is denied now
+            # without conntrack netlink, established flows keep their entries until idle
+            with contextlib.suppress(OSError):
+                self.last_reevaluated = Conntrack(self.netns, self._conntrack()).reevaluate(
+                    want.state, want.zones, devices, _affected(cmds))
         return cmds
+
+
+def listed_as(want: Ruleset | None) -> Listed | None:
+    """What listing our table shows once a transaction made it ``want`` (the chains' specs
+    and rule comments, the sets' specs: what ``commands`` compares)."""
+    if want is None:
+        return None
+    return Listed({c.name: (c.spec(), c.digests()) for c in want.chains},
+                  {ns.name: ns.spec() for ns in want.sets})

@@ -16,7 +16,8 @@ diffed against what the previous apply left, and the links come from a netlink s
 (``LinkEvents``), so a change costs netlink requests for what changed, not a dump of every
 port's routes, rules and settings.  A device deleted or re-created meanwhile (a container's
 veth) drops what the kernel dropped with it from that record, so it is put back.  The
-nftables table is likewise listed only on those full passes.
+nftables table is listed on those full passes, and whenever the namespace's ruleset
+generation shows a commit that was not ours (``acl.Nft``).
 
 The networks' ACLs and conntrack zones live in one nftables table (``inet <nft_table>``,
 ``acl.py``), converged after the netlink objects in one nft transaction; ``last_nft`` holds
@@ -43,39 +44,6 @@ from tungsten.datapath.linux.plan import (
 RESYNC = 60.0  # seconds between full passes (kernel dumped, drift repaired)
 
 
-class _KnownNft(acl.Nft):
-    """``acl.Nft`` that, between full passes, takes the table to be what its last
-    transaction made (``known``) instead of listing it: the listing grows with the ports."""
-
-    _UNKNOWN = object()
-
-    def __init__(self, netns: str | None, table: str) -> None:
-        super().__init__(netns, table)
-        self.known: object = self._UNKNOWN  # a Ruleset, None (no table) or _UNKNOWN
-
-    def forget(self) -> None:
-        self.known = self._UNKNOWN
-
-    def listed(self) -> acl.Listed | None:
-        known = self.known
-        if known is self._UNKNOWN:
-            return super().listed()
-        if known is None:
-            return None
-        assert isinstance(known, acl.Ruleset)
-        return acl.Listed({c.name: (c.spec(), c.digests()) for c in known.chains},
-                          {ns.name: ns.spec() for ns in known.sets})
-
-    def converge(self, want: acl.Ruleset | None) -> list[acl.Json]:
-        try:
-            cmds = super().converge(want)
-        except BaseException:
-            self.forget()
-            raise
-        self.known = want
-        return cmds
-
-
 class LinuxDatapath(Datapath):
     name = "linux"
 
@@ -91,7 +59,7 @@ class LinuxDatapath(Datapath):
                            rt_proto=rt_proto)
         self._nl = Netlink(netns, self.owner)
         self._events = LinkEvents(netns)  # subscribed before any dump: nothing is missed
-        self._nft = _KnownNft(netns, nft_table)
+        self._nft = acl.Nft(netns, nft_table)
         self.resync = resync
         self._have: KernelObjects | None = None  # ours as the last apply left it
         self._links: dict[str, int] = {}  # every link name -> ifindex, kept by the events
@@ -198,3 +166,4 @@ class LinuxDatapath(Datapath):
     def close(self) -> None:
         self._events.close()
         self._nl.close()
+        self._nft.close()

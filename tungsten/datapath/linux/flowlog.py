@@ -11,9 +11,11 @@ before its verdict:
   with the rule that decided it.
 
 The mark of a rule is ``0x40000000 | crc32(uuid) & 0x3fffffff`` (bit 30 says "logged by
-tungsten").  ``tungsten flows`` lists the node's logged flows: the conntrack entries with such
-a mark, and every logged rule with its counter, the rule uuid read back from the table's own
-log prefixes.  ``rules``/``flows`` are pure parsers; ``read`` runs ``nft`` and ``conntrack``.
+tungsten").  ``tungsten flows`` lists the node's logged flows: the decisions and flow ends the
+agent's recorder took from nflog group 7 and conntrack events (``tungsten.agent.flowrecorder``),
+the conntrack entries with such a mark now, and every logged rule with its counter, the rule
+uuid read back from the table's own log prefixes.  ``rules``/``flows``/``parse_prefix``/
+``catalog`` are pure; ``read`` lists the table (``nft``) and the conntrack entries.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tungsten.datapath.linux.reeval import parse as parse_conntrack
+from tungsten.datapath.base import DatapathState
+from tungsten.datapath.linux.ctnetlink import Flow
+from tungsten.datapath.linux.reeval import Conntrack
 
 LOG_GROUP = 7
 LOG_PREFIX = "tgflow"
@@ -82,24 +86,54 @@ def rules(listing: Iterable[Mapping[str, Any]]) -> list[LoggedRule]:
                 prefix = str(e["log"]["prefix"])
             if "counter" in e and isinstance(e["counter"], dict):
                 packets = int(e["counter"].get("packets", 0))
-        if prefix is None:
+        parsed = parse_prefix(prefix) if prefix is not None else None
+        if parsed is None:
             continue
-        parts = prefix.split()
-        if len(parts) < 3:
-            continue
-        total, chains = found.get((parts[1], parts[2]), (0, []))
+        total, chains = found.get(parsed, (0, []))
         chain = str(r.get("chain"))
-        found[(parts[1], parts[2])] = (total + packets,
-                                       chains if chain in chains else [*chains, chain])
+        found[parsed] = (total + packets, chains if chain in chains else [*chains, chain])
     return [LoggedRule(u, a, rule_mark(u), n, tuple(c)) for (u, a), (n, c) in found.items()]
 
 
-def flows(conntrack_text: str, logged: Iterable[LoggedRule]) -> list[LoggedFlow]:
+def flows(entries: Iterable[Flow], logged: Iterable[LoggedRule]) -> list[LoggedFlow]:
     """The conntrack entries admitted by a logged rule, with that rule."""
     by_mark = {r.mark: r.uuid for r in logged}
     return [LoggedFlow(f.proto, f.src, f.dst, f.sport, f.dport, f.zone, f.mark,
                        by_mark.get(f.mark))
-            for f in parse_conntrack(conntrack_text) if f.mark & MARK_BIT]
+            for f in entries if f.mark & MARK_BIT]
+
+
+def parse_prefix(prefix: str) -> tuple[str, str] | None:
+    """(rule uuid, action) from a log prefix we wrote (None: not ours)."""
+    parts = prefix.split()
+    if len(parts) < 3 or parts[0] != LOG_PREFIX or parts[2] not in ("pass", "deny"):
+        return None
+    return parts[1], parts[2]
+
+
+def catalog(state: DatapathState | None) -> dict[str, Json]:
+    """The logged rules of a state, by the uuid their log prefix carries: where each lives
+    (a network's ACL, or a firewall policy of a policy set) and its name."""
+    out: dict[str, Json] = {}
+    if state is None:
+        return out
+    for vrf in state.vrfs.values():
+        for rule in vrf.acl:
+            al = rule.get("action_list") or {}
+            uid = str(rule.get("rule_uuid") or "")
+            if al.get("log") and uid:
+                out.setdefault(uid, {"kind": "acl", "network": vrf.name,
+                                     "action": str(al.get("simple_action") or "pass")})
+    for aps in state.firewall.values():
+        for pol in aps.get("policies") or ():
+            for rule in pol.get("rules") or ():
+                al = rule.get("action_list") or {}
+                uid = str(rule.get("uuid") or rule.get("name") or "")
+                if al.get("log") and uid:
+                    out.setdefault(uid, {"kind": "firewall", "policy_set": aps.get("name"),
+                                         "policy": pol.get("name"), "name": rule.get("name"),
+                                         "action": str(al.get("simple_action") or "pass")})
+    return out
 
 
 def _run(netns: str | None, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -112,7 +146,5 @@ def read(netns: str | None, table: str = "tungsten") -> dict[str, Any]:
     r = _run(netns, "nft", "-j", "list", "table", "inet", table)
     listing = json.loads(r.stdout).get("nftables", []) if r.returncode == 0 else []
     logged = rules(listing)
-    ct = _run(netns, "conntrack", "-L", "-o", "extended")
     return {"rules": [asdict(x) for x in logged],
-            "flows": [asdict(x) for x in flows(ct.stdout if ct.returncode == 0 else "",
-                                               logged)]}
+            "flows": [asdict(x) for x in flows(Conntrack(netns).flows(), logged)]}

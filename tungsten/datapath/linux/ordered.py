@@ -25,7 +25,9 @@ inside a larger one vanishes, a partial overlap is cut into pieces.
 
 The agent plans from its whole state on every apply; compiled steps (keyed by the rule's
 text and its context) and the elements of runs of unchanged steps are memoised (``Memo``),
-so only changed rules and the runs holding them are compiled again.
+so only changed rules and the runs holding them are compiled again.  Planned elements are
+``Elements``: an immutable tuple that carries its elements' keys (what the diff against the
+installed set compares), computed once per box however many plans reuse it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import json
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +44,7 @@ Json = dict[str, Any]
 Expr = tuple[Json, ...]
 Span = tuple[int, int]
 Box = tuple[Span, Span, Span, Span, Span]  # l4proto, saddr, daddr, sport, dport
-SetSpec = tuple[str, tuple[str, ...], list[Json]]  # (name, type, elements)
+SetSpec = tuple[str, tuple[str, ...], Sequence[Json]]  # (name, type, elements)
 
 FAMILIES = {4: ("ipv4", "ip"), 6: ("ipv6", "ip6")}
 SET_TYPES = {4: ("inet_proto", "ipv4_addr", "ipv4_addr", "inet_service", "inet_service"),
@@ -151,6 +154,35 @@ def disjoint(boxes: Iterable[Box]) -> list[Box]:
     return sorted(p for ps in pieces for p in ps)
 
 
+Joined = tuple[frozenset[Box], list[Box]]  # (boxes, disjoint(boxes))
+UPDATE_LIMIT = 16  # boxes come or go: beyond this many, ``disjoint`` is as cheap
+
+
+def _overlaps_another(a: Box, boxes: Iterable[Box]) -> bool:
+    (p0, p1), (s0, s1), (d0, d1), (x0, x1), (y0, y1) = a
+    return any(b[1][0] <= s1 and s0 <= b[1][1] and b[2][0] <= d1 and d0 <= b[2][1]
+               and b[0][0] <= p1 and p0 <= b[0][1] and b[3][0] <= x1 and x0 <= b[3][1]
+               and b[4][0] <= y1 and y0 <= b[4][1] and b != a for b in boxes)
+
+
+def disjoint_update(last: Joined | None, boxes: frozenset[Box]) -> Joined:
+    """``(boxes, disjoint(boxes))``, from ``last`` (the result for other boxes) when few
+    boxes came or went and none of them overlaps another: such a box is whole in
+    ``disjoint``'s result and no other box's pieces depend on it, so the result is the
+    last one plus or minus those boxes.  Otherwise ``disjoint`` from scratch."""
+    if last is not None:
+        old, out = last
+        if old == boxes:
+            return last
+        added, removed = boxes - old, old - boxes
+        if (len(added) + len(removed) <= UPDATE_LIMIT
+                and not any(_overlaps_another(b, old) for b in removed)
+                and not any(_overlaps_another(b, boxes) for b in added)):
+            kept = [b for b in out if b not in removed] if removed else list(out)
+            return boxes, sorted(kept + list(added))
+    return boxes, disjoint(boxes)
+
+
 def box_elem(b: Box, version: int) -> Json:
     """A box as a concatenated set element (an address span that is one prefix is written
     as one; ranges otherwise)."""
@@ -174,6 +206,35 @@ def _addr(s: Span, version: int) -> Any:
         text = _addr_text(s[0], version)
         return text if plen == bits else {"prefix": {"addr": text, "len": plen}}
     return {"range": [_addr_text(s[0], version), _addr_text(s[1], version)]}
+
+
+def elem_key(elem: Any) -> str:
+    """An element's identity in the diff against the installed set (``acl.commands``)."""
+    return json.dumps(elem, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1 << 17)  # boxes recur in every plan of an unchanged rule
+def _box_entry(b: Box, version: int) -> tuple[str, Json]:
+    elem = box_elem(b, version)
+    return elem_key(elem), elem
+
+
+class Elements(tuple[Json, ...]):
+    """A set's planned elements (read-only: plans share them) with ``by_key`` (element key
+    -> element), made once however many applies compare them."""
+
+    by_key: dict[str, Json]
+
+    def __new__(cls, entries: Iterable[tuple[str, Json]]) -> Elements:
+        pairs = list(entries)
+        self = super().__new__(cls, [e for _, e in pairs])
+        self.by_key = dict(pairs)
+        return self
+
+
+def elements(boxes: Iterable[Box], version: int) -> Elements:
+    """Disjoint boxes as a set's elements (each box's element and key made once)."""
+    return Elements(_box_entry(b, version) for b in boxes)
 
 
 def key_match(version: int, set_name: str) -> Json:
@@ -216,21 +277,34 @@ class Memo:
         self.size = size
         self.data: dict[Hashable, Any] = {}
 
+    def peek(self, key: Hashable) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.size <= 0:
+            return
+        if key not in self.data and len(self.data) >= self.size:
+            for old in list(self.data)[: self.size // 2]:
+                del self.data[old]
+        self.data[key] = value
+
     def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if self.size <= 0:  # a memo of size 0 remembers nothing (uncached planning)
+            return make()
         try:
             return self.data[key]
         except KeyError:
             pass
         value = make()
-        if len(self.data) >= self.size:
-            for old in list(self.data)[: self.size // 2]:
-                del self.data[old]
-        self.data[key] = value
+        self.put(key, value)
         return value
 
 
 STEPS = Memo(1 << 16)  # (rule, context) -> Step, for the callers that build steps
 _RUN_ELEMENTS = Memo(256)  # (step keys of a run, IP version) -> the run's set elements
+# set name -> its last (boxes, disjoint boxes): a hint for ``disjoint_update``, which checks
+# it against the content (a rule added to a long run joins one box, not the run again)
+_JOINED = Memo(256)
 
 
 def digest(value: Any) -> str:
@@ -261,13 +335,15 @@ def compile_ordered(steps: Iterable[Step], set_name: SetNamer
         for version in (4, 6):
             name = set_name(accept, count, version)
 
-            def elements(v: int = version) -> list[Json]:
-                boxes = disjoint(b for s in run for b in (s.boxes or {}).get(v, ()))
-                return [box_elem(b, v) for b in boxes]
+            def make(v: int = version, name: str = name) -> Elements:
+                boxes = frozenset(b for s in run for b in (s.boxes or {}).get(v, ()))
+                joined = disjoint_update(_JOINED.peek(name), boxes)
+                _JOINED.put(name, joined)
+                return elements(joined[1], v)
 
-            elems = (_RUN_ELEMENTS.get((keys, version), elements)
-                     if all(k is not None for k in keys) else elements())
-            sets.append((name, SET_TYPES[version], list(elems)))
+            elems = (_RUN_ELEMENTS.get((keys, version), make)
+                     if all(k is not None for k in keys) else make())
+            sets.append((name, SET_TYPES[version], elems))
             rules.append((nfproto(version), key_match(version, name), verdict))
         count += 1
         run.clear()

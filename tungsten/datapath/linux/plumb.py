@@ -109,7 +109,17 @@ def plug(node_netns: str | None, workload_netns: str, ifname: str, mac: str,
          routes: Routes | None = None) -> str:
     """Create veth ``ifname`` (node side, up, no address) and its peer ``inner_name`` inside
     ``workload_netns`` with ``mac``, ``mtu``, ``ips`` and a default route via ``gateway``
-    (or ``routes``, when given).  Returns the node side's MAC.
+    (or ``routes``, when given).  Returns the node side's MAC."""
+    host_mac = make_veth(node_netns, workload_netns, ifname, mac, mtu, inner_name)
+    configure(workload_netns, inner_name, ips, gateway, routes)
+    return host_mac
+
+
+def make_veth(node_netns: str | None, workload_netns: str, ifname: str, mac: str, mtu: int,
+              inner_name: str = "eth0") -> str:
+    """The first half of ``plug``: veth ``ifname`` (node side, up) and its peer
+    ``inner_name`` in ``workload_netns`` with its final name, MAC and MTU, down and without
+    addresses (``configure`` does the rest).  Returns the node side's MAC.
 
     The peer is created in the workload's namespace under its final name, MAC and MTU (one
     request; nothing to move or rename)."""
@@ -125,13 +135,18 @@ def plug(node_netns: str | None, workload_netns: str, ifname: str, mac: str,
                             "mtu": mtu})
         host = node.link("get", ifname=ifname)[0]
         node.link("set", index=host["index"], state="up")
-        host_mac = str(host.get("address"))
+        return str(host.get("address"))
+
+
+def configure(workload_netns: str, inner_name: str, ips: Sequence[str],
+              gateway: str | None, routes: Routes | None = None) -> None:
+    """The second half of ``plug``: ``inner_name`` (and lo) up, its addresses, and a default
+    route via ``gateway`` (or ``routes``, when given)."""
     with _ipr(workload_netns) as wl:
         idx = _lookup(wl, inner_name)
-        if idx is None:  # pragma: no cover - the kernel made it just now
-            raise LookupError(f"{inner_name!r} did not arrive in {workload_netns}")
-        _configure_inner(wl, idx, inner_name, mac, mtu, ips, gateway, routes, named=True)
-    return host_mac
+        if idx is None:
+            raise LookupError(f"{inner_name!r} is not in {workload_netns}")
+        _configure_inner(wl, idx, inner_name, "", 0, ips, gateway, routes, named=True)
 
 
 def unplug(node_netns: str | None, ifname: str) -> None:

@@ -10,34 +10,26 @@ no entry: the kernel (``nf_conntrack_tcp_loose``, on by default) treats it as a 
 the gates see it and drop it.  Entries that are still allowed are left alone, so their
 packets never meet a gap.
 
-``parse`` and ``doomed`` are pure; ``Conntrack`` runs the ``conntrack`` tool (conntrack-tools)
-in the node's namespace.
+``doomed`` is pure; ``Conntrack`` lists and deletes entries over ctnetlink in the node's
+namespace (``ctnetlink.py``: no process, no text).  ``parse`` reads the text of
+``conntrack -L -o extended`` (kept for the tools that still print it).  A namespace without
+entries is not listed (a listing walks the kernel's whole hash table, ~10 ms).  Without
+ctnetlink, established flows keep their entries until idle (logged once per namespace).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import subprocess
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 
 from tungsten.datapath.base import DatapathState, LocalPort
-from tungsten.security.verdict import PROTOCOLS, Side, evaluate
+from tungsten.datapath.linux.ctnetlink import CtNetlink, Flow
+from tungsten.security.verdict import Side, evaluate
 
-PROTO_NAMES = {v: k for k, v in PROTOCOLS.items() if k != "ipv6-icmp"}
-
-
-@dataclass(frozen=True)
-class Flow:
-    """A conntrack entry's original direction."""
-
-    proto: int
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    zone: int
-    mark: int = field(default=0, compare=False)  # ct mark (logged flows: see flowlog.py)
+log = logging.getLogger("tungsten.datapath.reeval")
+_warned: set[str | None] = set()  # namespaces whose missing ctnetlink was logged
 
 
 def parse(text: str) -> list[Flow]:
@@ -86,7 +78,12 @@ def doomed(state: DatapathState, zones: Mapping[int, int], flows: Iterable[Flow]
     says the change may concern."""
     out: list[Flow] = []
     judged: dict[Flow, bool] = {}  # ICMP entries differ by id only: judged once
+    # with ``devices``, a flow of neither address of theirs is not looked at further
+    mine = None if devices is None else {ip for p in state.ports.values()
+                                         if p.ifname in devices for ip in p.ips}
     for f in flows:
+        if mine is not None and f.src not in mine and f.dst not in mine:
+            continue
         if affected is not None and not affected(f):
             continue
         if f in judged:
@@ -115,34 +112,59 @@ def doomed(state: DatapathState, zones: Mapping[int, int], flows: Iterable[Flow]
 
 
 class Conntrack:
-    """The ``conntrack`` tool in one network namespace (None: this one)."""
+    """Conntrack entries of one network namespace (None: this one), over ctnetlink: on
+    ``ct`` when given (a socket the caller keeps open in that namespace), else on a socket
+    of each call's own."""
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(self, netns: str | None, ct: CtNetlink | None = None) -> None:
         self.netns = netns
+        self.ct = ct
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = ["conntrack", *args]
-        if self.netns is not None:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    def _unavailable(self, e: OSError) -> None:
+        if self.netns not in _warned:
+            _warned.add(self.netns)
+            log.warning("conntrack netlink unavailable in %s (%s): established flows keep "
+                        "their entries until idle", self.netns or "this namespace", e)
+
+    def _socket(self) -> contextlib.AbstractContextManager[CtNetlink]:
+        return contextlib.nullcontext(self.ct) if self.ct is not None else CtNetlink(self.netns)
+
+    @staticmethod
+    def _listed(ct: CtNetlink) -> list[Flow]:
+        if ct.count() == 0:
+            return []  # no walk of the kernel's table for nothing
+        return ct.dump()
 
     def flows(self) -> list[Flow]:
-        r = self._run("-L", "-o", "extended")
-        return parse(r.stdout) if r.returncode == 0 else []
+        """The namespace's entries ([] when ctnetlink is not available)."""
+        try:
+            with self._socket() as ct:
+                return self._listed(ct)
+        except OSError as e:
+            self._unavailable(e)
+            return []
 
-    def delete(self, f: Flow) -> None:
-        args = ["-D", "-s", f.src, "-d", f.dst, "-w", str(f.zone),
-                "-p", PROTO_NAMES.get(f.proto, str(f.proto))]
-        if f.proto in (6, 17, 132):
-            args += ["--sport", str(f.sport), "--dport", str(f.dport)]
-        self._run(*args)  # gone already (expired, or deleted by a peer): nothing to do
+    def delete(self, f: Flow) -> bool:
+        """Delete ``f``'s entry; False if it was gone (expired, or deleted by a peer)."""
+        with self._socket() as ct:
+            return ct.delete(f.family(), f.tuple_orig(), f.zone)
 
     def reevaluate(self, state: DatapathState, zones: Mapping[int, int],
                    devices: Collection[str] | None = None,
                    affected: Callable[[Flow], bool] | None = None) -> list[Flow]:
         """Delete the entries ``state`` no longer allows (of the ports on ``devices``, or
         all; those ``affected`` says the change may concern); the flows deleted."""
-        gone = doomed(state, zones, self.flows(), devices, affected)
-        for f in dict.fromkeys(gone):  # one delete per distinct tuple (ICMP ids are not kept)
-            self.delete(f)
-        return gone
+        try:
+            with self._socket() as ct:
+                gone = doomed(state, zones, self._listed(ct), devices, affected)
+                for f in gone:
+                    try:
+                        ct.delete(f.family(), f.tuple_orig(), f.zone)
+                    except OSError as e:  # this entry only: the others are still judged
+                        if ct.failed:
+                            raise
+                        log.warning("conntrack: cannot delete %s: %s", f, e)
+                return gone
+        except OSError as e:
+            self._unavailable(e)
+            return []

@@ -28,29 +28,43 @@ the addresses whose routes carry matching tags, an address group's prefixes or a
 prefixes, as set elements.  The cost of a packet grows with the number of action changes
 along its port's list, not with the rules, tag memberships or address groups.  A logged rule
 stays an nft rule of its own (``flowlog.py``).
+
+**Planning on updates.**  The agent plans from its whole state on every apply; SG sets and
+firewall chains are memoised (``SecurityPlans``) under the content of exactly what they are
+computed from (a group's rules, the members and networks those rules name; the port, its
+firewall rules and what they read of the VRF), so an apply re-plans what a change reaches
+and reuses the rest, objects included (``ordered.Elements``: compared in O(1) when reused).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from tungsten.datapath.base import DatapathState, LocalPort, Vrf
 from tungsten.datapath.linux.flowlog import log_statements
 from tungsten.datapath.linux.ordered import (
     ALL_ADDRS,
     SET_TYPES,
-    STEPS,
     Box,
+    Elements,
+    Joined,
+    Memo,
     SetSpec,
     Span,
     Step,
     box_elem,
     compile_ordered,
-    digest,
     disjoint,
+    disjoint_update,
+    elements,
     merge,
     minus,
     net_span,
@@ -147,17 +161,42 @@ class VrfAddresses:
         self.networks = networks
 
     @functools.cached_property
-    def key(self) -> str:
-        """A digest of everything the addresses depend on (memo keys of compiled rules)."""
-        return digest((self.vrf.name, sorted(self.vrf.endpoints.items()),
-                       sorted((k, tuple(v)) for k, v in self.networks.items())))
+    def _members(self) -> dict[int, tuple[str, ...]]:
+        found: dict[int, set[str]] = {}
+        for p, info in self.vrf.endpoints.items():
+            for sg in info.sgs:
+                found.setdefault(sg, set()).add(p)
+        return {sg: tuple(sorted(ps)) for sg, ps in found.items()}
+
+    def members_of(self, sg: int) -> tuple[str, ...]:
+        """The prefixes of the endpoints in group ``sg`` (sorted: part of memo keys)."""
+        return self._members.get(sg, ())
 
     def sg_members(self, sg: int) -> list[Net]:
-        return [_net(p) for p, info in self.vrf.endpoints.items() if sg in info.sgs]
+        return [_net(p) for p in self.members_of(sg)]
 
     def tagged(self, want: Iterable[int]) -> list[Net]:
         w = set(want)
         return [_net(p) for p, info in self.vrf.endpoints.items() if w <= set(info.tags)]
+
+    def tagged_key(self, want: tuple[int, ...]) -> tuple[str, ...]:
+        """The prefixes ``tagged(want)`` reads (part of memo keys; once per plan)."""
+        found = self._tagged.get(want)
+        if found is None:
+            w = set(want)
+            found = self._tagged[want] = tuple(sorted(
+                p for p, info in self.vrf.endpoints.items() if w <= set(info.tags)))
+        return found
+
+    @functools.cached_property
+    def _tagged(self) -> dict[tuple[int, ...], tuple[str, ...]]:
+        return {}
+
+    @functools.cached_property
+    def hosts_key(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """What ``hosts()`` reads (part of memo keys)."""
+        return tuple(sorted((p, tuple(sorted(set(i.tags))))
+                            for p, i in self.vrf.endpoints.items()))
 
     def network(self, name: str) -> list[Net]:
         return [_net(p) for p in self.networks.get(name, ())]
@@ -198,34 +237,181 @@ def acl_address(addr: Mapping[str, Any] | None, where: VrfAddresses) -> list[Net
 def sg_elements(port: LocalPort, direction: str, groups: Mapping[int, Mapping[str, Any]],
                 where: VrfAddresses) -> dict[int, list[Json]]:
     """Set elements (per IP version) allowing what the port's groups allow in ``direction``
-    ("ingress": the port receives; "egress": it sends)."""
+    ("ingress": the port receives; "egress": it sends), planned from scratch: the reference
+    ``SecurityPlans`` must agree with."""
     boxes: dict[int, set[Box]] = {4: set(), 6: set()}
     for sg_id in port.sgs:
         for rule in (groups.get(sg_id) or {}).get(direction, ()):
-            if str((rule.get("action_list") or {}).get("simple_action") or "pass") == "deny":
-                continue
-            rproto, saddrs, sports, daddrs, dports, ethertype = rule_parts(rule)
-            try:
-                proto = proto_number(rproto)
-                sr, dr = port_ranges(sports), port_ranges(dports)
-            except ValueError:
-                continue  # matches nothing, as in the evaluation core
-            versions = ({"IPv4": (4,), "IPv6": (6,)}.get(str(ethertype), ()) if ethertype
-                        else (4, 6))
-            srcs = [n for a in saddrs for n in acl_address(a, where)]
-            dsts = [n for a in daddrs for n in acl_address(a, where)]
-            ways = [(srcs, dsts, sr, dr)]
-            if rule.get("direction") == "<>":
-                ways.append((dsts, srcs, dr, sr))
-            for s_nets, d_nets, s_r, d_r in ways:
-                for p, sp, dp in _proto_ports(proto, s_r, d_r):
-                    for s in s_nets:
-                        for d in d_nets:
-                            if s.version != d.version or s.version not in versions:
-                                continue
-                            boxes[s.version].add((_span(p), _net_span(s), _net_span(d),
-                                                  _span(sp), _span(dp)))
+            for version, b in _rule_boxes(rule, where):
+                boxes[version].add(b)
     return {v: [box_elem(b, v) for b in disjoint(bs)] for v, bs in boxes.items()}
+
+
+def _rule_boxes(rule: Mapping[str, Any], where: VrfAddresses) -> tuple[tuple[int, Box], ...]:
+    """What one SG rule allows, as (IP version, box); it depends on ``where`` only through
+    ``_rule_refs``."""
+    if str((rule.get("action_list") or {}).get("simple_action") or "pass") == "deny":
+        return ()
+    rproto, saddrs, sports, daddrs, dports, ethertype = rule_parts(rule)
+    try:
+        proto = proto_number(rproto)
+        sr, dr = port_ranges(sports), port_ranges(dports)
+    except ValueError:
+        return ()  # matches nothing, as in the evaluation core
+    versions = ({"IPv4": (4,), "IPv6": (6,)}.get(str(ethertype), ()) if ethertype
+                else (4, 6))
+    srcs = [n for a in saddrs for n in acl_address(a, where)]
+    dsts = [n for a in daddrs for n in acl_address(a, where)]
+    ways = [(srcs, dsts, sr, dr)]
+    if rule.get("direction") == "<>":
+        ways.append((dsts, srcs, dr, sr))
+    out: set[tuple[int, Box]] = set()
+    for s_nets, d_nets, s_r, d_r in ways:
+        for p, sp, dp in _proto_ports(proto, s_r, d_r):
+            for s in s_nets:
+                for d in d_nets:
+                    if s.version != d.version or s.version not in versions:
+                        continue
+                    out.add((s.version, (_span(p), _net_span(s), _net_span(d), _span(sp),
+                                         _span(dp))))
+    return tuple(sorted(out))  # a tuple of ints only: the collector stops tracking it
+
+
+Refs = tuple[tuple[int, ...], tuple[str, ...]]  # (remote SG ids, network names) a rule reads
+
+
+def _rule_refs(rule: Mapping[str, Any]) -> Refs:
+    """What of the VRF's addresses ``_rule_boxes`` reads for ``rule`` (``acl_address``)."""
+    _, saddrs, _, daddrs, _, _ = rule_parts(rule)
+    sgs: set[int] = set()
+    vns: set[str] = set()
+    for addr in (*saddrs, *daddrs):
+        if not isinstance(addr, Mapping):
+            continue
+        vn = addr.get("virtual_network")
+        if vn not in (None, "", "any"):
+            vns.add(str(vn))
+        sg = addr.get("security_group")
+        if sg not in (None, "", "any", "local"):
+            try:
+                sgs.add(int(sg))
+            except (TypeError, ValueError):
+                continue
+    return tuple(sorted(sgs)), tuple(sorted(vns))
+
+
+def _group_refs(rules: Iterable[Mapping[str, Any]]) -> list[Refs]:
+    return [_rule_refs(r) for r in rules]
+
+
+def content_digest(value: Any) -> bytes:
+    """A digest of a JSON-like value's content (a memo key): equal content, equal digest,
+    whatever the objects' identity (states are rebuilt on every apply)."""
+    try:
+        data = b"j" + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON (a test's odd value): its repr still names the content
+        data = b"r" + repr(value).encode()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A group's rules in one direction as the memo sees them: each rule's digest and what
+    it reads, and the union of what they read."""
+
+    rules: tuple[tuple[bytes, Refs], ...]
+    sgs: frozenset[int]
+    vns: frozenset[str]
+
+
+class SecurityPlans:
+    """What security-group planning memoises across applies, keyed by the content planned
+    from (never by identity, so an entry cannot go stale; shared by agents of one process,
+    it is only shared work).  A port's sets in one direction depend on the rules of its
+    groups in that direction, the members of the remote groups those rules name and the
+    prefixes of the networks they name (not on the port's own addresses: its end is
+    ``local``).  So:
+
+    - ``sets``: (direction, digests of its groups' rules, what those rules read) -> the
+      elements per IP version, shared by every port with the same groups: an apply where
+      none of that changed costs one digest per group and direction;
+    - ``groups``: a group's digest -> its rules' digests and what each reads;
+    - ``rules``: (a rule's digest, what it reads) -> its boxes: a changed group compiles
+      only its changed rules (and those naming a group whose members changed);
+    - ``joined``: the last disjoint boxes of each (direction, groups): when few boxes come
+      or go and none overlaps another, the new disjoint boxes are the old ones plus or
+      minus those (``ordered.disjoint_update``, checked against the content);
+    - ``fw_refs``, ``steps``, ``chains``: the same for firewall rules (``fw_chain``).
+
+    ``size=0`` plans from scratch (the reference the memo must agree with)."""
+
+    def __init__(self, size: int = 1024, rules: int = 1 << 17) -> None:
+        self.sets = Memo(size)
+        self.groups = Memo(size)
+        self.rules = Memo(rules if size > 0 else 0)
+        self.refs = Memo(rules if size > 0 else 0)  # a rule's digest -> what it reads
+        self.joined = Memo(size)
+        # firewall: a rule's digest -> what it reads; (rule, context) -> Step; chains
+        self.fw_refs = Memo(rules if size > 0 else 0)
+        self.fw_lists = Memo(size)  # (firewall digest, port tags) -> what its rules read
+        self.steps = Memo(1 << 16 if size > 0 else 0)
+        self.chains = Memo(size)
+
+    def port_sets(self, port: LocalPort, direction: str, digests: Mapping[int, bytes],
+                  groups: Mapping[int, Mapping[str, Any]], where: VrfAddresses
+                  ) -> dict[int, Elements]:
+        """The elements per IP version of the port's sets in ``direction``; ``digests``:
+        group id -> digest of its rules in that direction (computed once per apply)."""
+        sg_ids = tuple(sorted(set(port.sgs)))
+        keys = tuple(digests[g] for g in sg_ids)
+        infos: list[_Group] = [self.groups.get(d, functools.partial(
+            self._group, _rules(groups, g, direction))) for g, d in zip(sg_ids, keys,
+                                                                        strict=True)]
+        sgs = frozenset().union(*(i.sgs for i in infos))
+        vns = frozenset().union(*(i.vns for i in infos))
+        read = (tuple((g, where.members_of(g)) for g in sorted(sgs)),
+                tuple((n, tuple(where.networks.get(n, ()))) for n in sorted(vns)))
+        made: dict[int, Elements] = self.sets.get((direction, keys, read), functools.partial(
+            self._plan, sg_ids, infos, direction, groups, where))
+        return made
+
+    def _group(self, rules: Sequence[Mapping[str, Any]]) -> _Group:
+        out: list[tuple[bytes, Refs]] = []
+        for rule in rules:
+            d = content_digest(rule)
+            refs: Refs = self.refs.get(d, functools.partial(_rule_refs, rule))
+            out.append((d, refs))
+        return _Group(tuple(out), frozenset(g for _, (rs, _) in out for g in rs),
+                      frozenset(n for _, (_, ns) in out for n in ns))
+
+    def _plan(self, sg_ids: tuple[int, ...], infos: Sequence[_Group], direction: str,
+              groups: Mapping[int, Mapping[str, Any]], where: VrfAddresses
+              ) -> dict[int, Elements]:
+        boxes: dict[int, set[Box]] = {4: set(), 6: set()}
+        for g, info in zip(sg_ids, infos, strict=True):
+            for rule, (d, (rs, ns)) in zip(_rules(groups, g, direction), info.rules,
+                                           strict=True):
+                key = (d, tuple((x, where.members_of(x)) for x in rs),
+                       tuple((n, tuple(where.networks.get(n, ()))) for n in ns))
+                made: tuple[tuple[int, Box], ...] = self.rules.get(
+                    key, functools.partial(_rule_boxes, rule, where))
+                for version, b in made:
+                    boxes[version].add(b)
+        out: dict[int, Elements] = {}
+        for version, bs in boxes.items():
+            last: Joined | None = self.joined.peek((direction, sg_ids, version))
+            joined = disjoint_update(last, frozenset(bs))
+            self.joined.put((direction, sg_ids, version), joined)
+            out[version] = elements(joined[1], version)
+        return out
+
+
+def _rules(groups: Mapping[int, Mapping[str, Any]], sg: int, direction: str
+           ) -> Sequence[Mapping[str, Any]]:
+    return (groups.get(sg) or {}).get(direction) or ()
+
+
+PLANS = SecurityPlans()  # the default memo (content-keyed: see SecurityPlans)
 
 
 def _span(e: Any) -> Span:
@@ -244,6 +430,7 @@ def sg_set_name(direction: str, version: int, dev: str) -> str:
     return f"sg{'i' if direction == 'ingress' else 'o'}{version}-{dev}"
 
 
+@functools.lru_cache(maxsize=1 << 12)  # the same for a port on every apply
 def sg_chain_rules(direction: str, dev: str) -> tuple[Expr, ...]:
     """``return`` when the packet's key is in the port's set of its family; else drop."""
     rules: list[Expr] = []
@@ -317,29 +504,104 @@ def _local_ips(spec: Mapping[str, Any] | None, port: LocalPort, vrf: Vrf) -> lis
 
 
 def fw_chain(port: LocalPort, vrf: Vrf, sending: bool,
-             firewall: Mapping[str, Mapping[str, Any]], where: VrfAddresses
+             firewall: Mapping[str, Mapping[str, Any]], where: VrfAddresses,
+             plans: SecurityPlans | None = None, digests: Digests | None = None,
+             firewall_digest: bytes | None = None
              ) -> tuple[tuple[Expr, ...], list[SetSpec]] | None:
     """The chain of the port's firewall rules and its sets (None: no rules, the port is
     unfiltered): the ordered list compiled into one set lookup per run of rules with the
-    same action (``ordered.py``); a logged rule stays an nft rule of its own."""
+    same action (``ordered.py``); a logged rule stays an nft rule of its own.
+
+    A rule compiles in a context: the local port and, of what the VRF knows of addresses,
+    only what the rule reads (``_fw_refs``: tagged addresses, networks, every host's tags
+    for ``match_tag_types``).  Whole chains are memoised in ``plans`` under the firewall's
+    digest (``firewall_digest``: once per plan), the port and what its rules read, and
+    steps under their rule's digest and context, so an apply that changes nothing a
+    port's rules read reuses its chain, and a changed rule compiles only itself."""
+    plans = PLANS if plans is None else plans
+    ident = Digests() if digests is None else digests
     rules = firewall_rules(firewall, port.tags)
     if not rules:
         return None
-    # the context a rule compiles in: the local port and what the VRF knows of addresses
-    ctx = (port.ips, port.tags, port.sgs, vrf.name, sending, where.key)
-
-    def step(rule: Mapping[str, Any]) -> Step:
-        key = (repr(rule), ctx)
-        made: Step = STEPS.get(key, lambda: _fw_step(rule, port, vrf, sending, where, key))
-        return made
-
-    steps = [step(rule) for rule in rules]
+    whole = content_digest(firewall) if firewall_digest is None else firewall_digest
+    tags, vns, hosts = plans.fw_lists.get((whole, port.tags), functools.partial(
+        _fw_list_refs, rules, ident, plans))
+    read = (tuple((t, where.tagged_key(t)) for t in tags),
+            tuple((n, tuple(where.networks.get(n, ()))) for n in vns),
+            where.hosts_key if hosts else ())
+    ctx = (port.ips, port.tags, port.sgs, vrf.name, sending)
     short = "o" if sending else "i"
 
     def name(accept: bool, run: int, version: int) -> str:
         return f"fw{short}{version}{'p' if accept else 'd'}{run}-{port.ifname}"
 
-    return compile_ordered(steps, name)
+    def step(rule: Mapping[str, Any]) -> Step:
+        d = ident(rule)
+        r_tags, r_vns, r_hosts = plans.fw_refs.get(d, functools.partial(_fw_refs, rule))
+        key = (d, ctx, tuple((t, where.tagged_key(t)) for t in r_tags),
+               tuple((n, tuple(where.networks.get(n, ()))) for n in r_vns),
+               where.hosts_key if r_hosts else ())
+        made: Step = plans.steps.get(key, functools.partial(_fw_step, rule, port, vrf,
+                                                             sending, where, key))
+        return made
+
+    def compile_chain() -> tuple[tuple[Expr, ...], list[SetSpec]]:
+        return compile_ordered([step(rule) for rule in rules], name)
+
+    chain: tuple[tuple[Expr, ...], list[SetSpec]] = plans.chains.get(
+        (port.ifname, whole, ctx, read), compile_chain)
+    return chain
+
+
+def _fw_list_refs(rules: Sequence[Mapping[str, Any]], ident: Digests, plans: SecurityPlans
+                  ) -> FwRefs:
+    tags: set[tuple[int, ...]] = set()
+    vns: set[str] = set()
+    hosts = False
+    for rule in rules:
+        r_tags, r_vns, r_hosts = plans.fw_refs.get(ident(rule),
+                                                   functools.partial(_fw_refs, rule))
+        tags.update(r_tags)
+        vns.update(r_vns)
+        hosts = hosts or r_hosts
+    return tuple(sorted(tags)), tuple(sorted(vns)), hosts
+
+
+FwRefs = tuple[tuple[tuple[int, ...], ...], tuple[str, ...], bool]
+
+
+def _fw_refs(rule: Mapping[str, Any]) -> FwRefs:
+    """What of the VRF's addresses a firewall rule reads, whichever end is remote: the
+    addresses carrying each endpoint's tags, the networks named, and (``match_tag_types``)
+    every host's tags."""
+    tags: set[tuple[int, ...]] = set()
+    vns: set[str] = set()
+    for spec in (rule.get("endpoint_1"), rule.get("endpoint_2")):
+        if not isinstance(spec, Mapping):
+            continue
+        ids = spec.get("tag_ids")
+        if ids:
+            with contextlib.suppress(TypeError, ValueError):  # matches nothing: no input
+                tags.add(tuple(int(t) for t in ids))
+        if spec.get("virtual_network"):
+            vns.add(str(spec["virtual_network"]))
+    return tuple(sorted(tags)), tuple(sorted(vns)), bool(rule.get("match_tag_types"))
+
+
+class Digests:
+    """Content digests of one plan's rules, each computed once however many ports and
+    directions compile it (the rules are the state's own objects, alive for the plan)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Any, bytes]] = {}
+
+    def __call__(self, value: Any) -> bytes:
+        hit = self._by_id.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        d = content_digest(value)
+        self._by_id[id(value)] = (value, d)
+        return d
 
 
 def _fw_pairs(rule: Mapping[str, Any], sending: bool
@@ -531,12 +793,14 @@ def _service_exprs(svc: Mapping[str, Any], sending: bool) -> list[Json]:
 Dispatch = tuple[str, list[tuple[str, str]]]  # (meta key, [(device, chain)])
 
 
-def security_chains(state: DatapathState, networks_of: Mapping[str, Mapping[str, Sequence[str]]]
+def security_chains(state: DatapathState, networks_of: Mapping[str, Mapping[str, Sequence[str]]],
+                    plans: SecurityPlans | None = None
                     ) -> tuple[list[tuple[str, tuple[Expr, ...]]], list[Dispatch],
                                list[SetSpec]]:
     """(chains, dispatch vmaps in evaluation order, named sets) for the SGs and firewall of
     ``state``.  ``networks_of`` maps a VN uuid to how its VRF resolves network names to
-    prefixes."""
+    prefixes; ``plans`` memoises SG sets across applies (default: ``PLANS``)."""
+    plans = PLANS if plans is None else plans
     chains: list[tuple[str, tuple[Expr, ...]]] = []
     sets: list[SetSpec] = []
     sg_out: list[tuple[str, str]] = []
@@ -544,6 +808,10 @@ def security_chains(state: DatapathState, networks_of: Mapping[str, Mapping[str,
     fw_out: list[tuple[str, str]] = []
     fw_in: list[tuple[str, str]] = []
     wheres: dict[str, VrfAddresses] = {}
+    # group id -> digest of its rules, per direction: once per apply, whatever the ports
+    digests: dict[str, dict[int, bytes]] = {"egress": {}, "ingress": {}}
+    rule_digests = Digests()  # firewall rules, shared by the ports
+    fw_digest = content_digest(state.firewall) if state.firewall else None
     for port in sorted(state.ports.values(), key=lambda p: p.ifname):
         vrf = state.vrfs.get(port.network)
         if vrf is None:
@@ -554,7 +822,11 @@ def security_chains(state: DatapathState, networks_of: Mapping[str, Mapping[str,
         if port.sgs:
             for direction, short, dispatch in (("egress", "o", sg_out),
                                                ("ingress", "i", sg_in)):
-                elems = sg_elements(port, direction, state.security_groups, where)
+                known = digests[direction]
+                for g in port.sgs:
+                    if g not in known:
+                        known[g] = content_digest(_rules(state.security_groups, g, direction))
+                elems = plans.port_sets(port, direction, known, state.security_groups, where)
                 for version in (4, 6):
                     sets.append((sg_set_name(direction, version, port.ifname),
                                  SET_TYPES[version], elems[version]))
@@ -562,7 +834,8 @@ def security_chains(state: DatapathState, networks_of: Mapping[str, Mapping[str,
                 chains.append((chain, sg_chain_rules(direction, port.ifname)))
                 dispatch.append((port.ifname, chain))
         for sending, prefix, dispatch in ((True, "fw-o-", fw_out), (False, "fw-i-", fw_in)):
-            compiled = fw_chain(port, vrf, sending, state.firewall, where)
+            compiled = fw_chain(port, vrf, sending, state.firewall, where, plans,
+                                rule_digests, fw_digest)
             if compiled is not None:
                 chains.append((prefix + port.ifname, compiled[0]))
                 sets += compiled[1]
