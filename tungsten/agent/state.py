@@ -7,6 +7,7 @@ No I/O here: the agent calls these after every (coalesced) change and hands the 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -30,6 +31,7 @@ def port_mtu(underlay_mtu: int, underlay_ip: str) -> int:
     return underlay_mtu - (VXLAN_OVERHEAD_V6 if v6 else VXLAN_OVERHEAD_V4)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every pass asks again for every port and route
 def host_prefix(address: str) -> str:
     ip = ipaddress.ip_address(address)
     return f"{ip}/{ip.max_prefixlen}"

@@ -24,6 +24,7 @@ Mapping (see docs/datapath.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -239,11 +240,13 @@ def overlay_mtu(underlay_mtu: int, underlay_ip: str) -> int:
     return underlay_mtu - (VXLAN_OVERHEAD_V6 if v6 else VXLAN_OVERHEAD_V4)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked for every route of every pass
 def family_of(prefix_or_ip: str) -> int:
     net = ipaddress.ip_network(prefix_or_ip, strict=False)
     return AF_INET if net.version == 4 else AF_INET6
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def norm_prefix(prefix: str) -> str:
     return str(ipaddress.ip_network(prefix, strict=False))
 

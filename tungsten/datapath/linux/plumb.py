@@ -130,12 +130,12 @@ def make_veth(node_netns: str | None, workload_netns: str, ifname: str, mac: str
             if stale is not None:
                 node.link("del", index=stale)
         with _ns_fd(workload_netns) as fd:
-            node.link("add", ifname=ifname, kind="veth", mtu=mtu,
+            # created up, in one request: the agent may program routes through the device
+            # as soon as it appears (a route via a device that is down fails with ENETDOWN)
+            node.link("add", ifname=ifname, kind="veth", mtu=mtu, state="up",
                       peer={"ifname": inner_name, "net_ns_fd": fd, "address": mac,
                             "mtu": mtu})
-        host = node.link("get", ifname=ifname)[0]
-        node.link("set", index=host["index"], state="up")
-        return str(host.get("address"))
+        return str(node.link("get", ifname=ifname)[0].get("address"))
 
 
 def configure(workload_netns: str, inner_name: str, ips: Sequence[str],
