@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tungsten.agent.state import (
     desired_state,
     ifname_for,
@@ -153,3 +156,38 @@ def test_leaked_routes_go_to_the_networks_that_import_them() -> None:
     assert "203.0.113.9/32" in st.vrfs[VN_A].routes
     assert "192.0.2.77/32" not in st.vrfs[VN_A].routes
     assert "192.0.2.77/32" not in st.vrfs[VN_B].routes
+
+
+# -- the route memo: a pass reuses the routes its view still holds -------------------------
+_ROUTE_OPS = st.lists(st.tuples(
+    st.sampled_from(["add", "change", "remove", "security"]),
+    st.integers(min_value=1, max_value=12),  # which remote address
+    st.sampled_from([PEER, PEER2]),
+    st.lists(st.integers(min_value=8000001, max_value=8000003), max_size=2),
+    st.booleans()), max_size=25)
+
+
+@given(_ROUTE_OPS)
+def test_route_memo_gives_the_state_of_a_fresh_pass(ops: list[Any]) -> None:
+    from tungsten.agent.state import RouteMemo
+    from tungsten.control.protocol import apply_delta
+
+    v: dict[str, Any] = view()
+    memo = RouteMemo()
+    for op, i, nexthop, sgs, named in ops:
+        r: dict[str, Any] = dict(route("a", f"198.51.100.{100 + i}", nexthop, f"p{i}", 5,
+                                       "c2" if nexthop == PEER else "c3"))
+        if named:  # routes that name their network are the ones the memo keeps
+            r["network"] = "default-domain:default-project:a"
+        r["sgs"] = sgs
+        key = route_key(r)  # type: ignore[arg-type]
+        if op == "remove":
+            apply_delta(v, {"remove": {"routes": [k for k in v["routes"]
+                                                  if k.startswith(key.rsplit("|", 1)[0])]}})
+        elif op == "security":  # a delta that leaves every route as it is
+            apply_delta(v, {"upsert": {"security_groups": {str(i): {"id": 8000000 + i,
+                                                                    "rules": []}}}})
+        else:  # add, or change: the delta brings a new object under the key
+            apply_delta(v, {"upsert": {"routes": {key: r}}})
+        got = desired_state("c1", ME, v, [P1, P2], 1500, memo)
+        assert got == desired_state("c1", ME, v, [P1, P2], 1500)

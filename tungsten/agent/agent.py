@@ -28,6 +28,7 @@ from tungsten.agent.config import ConfigApiError, ConfigClient
 from tungsten.agent.ports import PortRecord, PortRegistry
 from tungsten.agent.session import ControlSession
 from tungsten.agent.state import (
+    RouteMemo,
     desired_state,
     ifname_for,
     merge_views,
@@ -68,6 +69,7 @@ class Agent:
         self._sessions: list[ControlSession] = []
         self._primary: ControlSession | None = None
         self._view: View | None = None
+        self._route_memo = RouteMemo()  # routes unchanged between passes are not rebuilt
         self._originated: dict[str, Route] = {}
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -436,7 +438,7 @@ class Agent:
         if view is not None:
             self._view = view
             want = desired_state(self.node, self.underlay_ip, view, self._registry.ports,
-                                 self.mtu)
+                                 self.mtu, self._route_memo)
             if want != self.datapath.current():
                 # a datapath that applies in a thread of its own (linux) leaves the loop
                 # serving meanwhile; changes arriving then are taken by the next pass

@@ -76,12 +76,44 @@ def _local_ports(view: View, local_ports: Collection[str], mtu: int) -> dict[str
     return out
 
 
+class RouteMemo:
+    """An agent's remote routes as next hop and endpoint info, kept while its view holds the
+    very same route object: a view replaces a route's entry when the route changes (deltas
+    upsert decoded objects, nothing edits one in place), so a pass after a delta that did not
+    touch a route (a security or port change) does not build it again.  Only routes that
+    name their network are kept (the others take the name from the networks' config)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[Mapping[str, Any], NextHop, EndpointInfo]] = {}
+
+    def get(self, key: str, r: Mapping[str, Any]) -> tuple[NextHop, EndpointInfo]:
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] is r:
+            return hit[1], hit[2]
+        nh, info = _remote(r, str(r["network"]))
+        self._kept[key] = (r, nh, info)
+        return nh, info
+
+    def prune(self, routes: Mapping[str, Any]) -> None:
+        """Forget routes the view no longer holds (once the memo outgrows it)."""
+        if len(self._kept) > 2 * len(routes) + 64:
+            self._kept = {k: v for k, v in self._kept.items() if routes.get(k) is v[0]}
+
+
+def _remote(r: Mapping[str, Any], network: str) -> tuple[NextHop, EndpointInfo]:
+    return (NextHop(kind="remote", vtep=r["nexthop"], vni=int(r["vni"]), mac=r["mac"],
+                    node=r.get("node")),
+            EndpointInfo(network, tuple(int(x) for x in r.get("sgs") or ()),
+                         tuple(int(x) for x in r.get("tags") or ())))
+
+
 def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collection[str],
-                  mtu: int) -> DatapathState:
+                  mtu: int, memo: RouteMemo | None = None) -> DatapathState:
     """The forwarding state this node needs: one VRF per network of its plugged ports.
 
     ``local_ports`` are the port uuids registered on this node; ``mtu`` is the underlay MTU.
-    A port is plugged once its config (and its network's) is in the view.
+    A port is plugged once its config (and its network's) is in the view.  ``memo`` (the
+    agent's own, across passes) spares rebuilding the routes that did not change.
     """
     ports = _local_ports(view, local_ports, port_mtu(mtu, underlay_ip))
     nets = view.get("networks", {})
@@ -104,7 +136,8 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
             endpoints[p.network][host_prefix(ip)] = EndpointInfo(
                 str(nets[p.network]["name"]), tuple(p.sgs), tuple(p.tags))
 
-    for r in view.get("routes", {}).values():
+    routes = view.get("routes", {})
+    for key, r in routes.items():
         if r.get("network"):  # a leaked network with no port here: its name, for ACLs
             names.setdefault(int(r["vni"]), str(r["network"]))
         targets = importers.get(r["ri"])
@@ -117,12 +150,11 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
             if r["port"] not in ports:
                 continue
             nh = NextHop(kind="local", port=r["port"], mac=ports[r["port"]].mac, node=node)
+            _, info = _remote(r, str(r.get("network") or names.get(int(r["vni"]), "")))
+        elif memo is not None and r.get("network"):
+            nh, info = memo.get(key, r)
         else:
-            nh = NextHop(kind="remote", vtep=r["nexthop"], vni=int(r["vni"]), mac=r["mac"],
-                         node=r.get("node"))
-        info = EndpointInfo(str(r.get("network") or names.get(int(r["vni"]), "")),
-                            tuple(int(x) for x in r.get("sgs") or ()),
-                            tuple(int(x) for x in r.get("tags") or ()))
+            nh, info = _remote(r, str(r.get("network") or names.get(int(r["vni"]), "")))
         for n in targets:
             tables[n].setdefault(r["prefix"], set()).add(nh)
             endpoints[n].setdefault(r["prefix"], info)
@@ -138,6 +170,8 @@ def desired_state(node: str, underlay_ip: str, view: View, local_ports: Collecti
             acl=tuple(cfg.get("acl") or ()),
             endpoints=dict(sorted(endpoints[n].items())),
         )
+    if memo is not None:
+        memo.prune(routes)
     sgs = {int(sg["id"]): sg for sg in view.get("security_groups", {}).values()}
     return DatapathState(node=node, underlay_ip=underlay_ip, ports=ports, vrfs=vrfs,
                          security_groups=sgs, firewall=dict(view.get("firewall") or {}),
