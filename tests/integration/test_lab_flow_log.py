@@ -99,9 +99,12 @@ def test_lab_flows_lists_denied_and_admitted_with_the_rule(lab: Lab) -> None:
     assert d["rule_info"]["kind"] == "acl" and d["rule_info"]["network"].endswith(
         (":red", ":blue"))
     assert started[0]["zone"] > 0 and started[0]["dport"] == 5432
+    # `tungsten flows` names the rule's network policy, from the lab's config API
+    assert d["rule_info"]["policy"].endswith(":acme:red-to-blue"), d
     text = _flows(lab, denied[0]["node"], "--action", "deny")
     assert text.returncode == 0, text.stderr
     assert deny in text.stdout and allow not in text.stdout.split("logged rules:")[0]
+    assert ":red-to-blue, acl of" in text.stdout, text.stdout
     # the agent stops: its records are still shown, from its files, with a note
     lab.process(f"agent:{d['node']}").terminate()
     deadline = time.monotonic() + 30

@@ -261,3 +261,23 @@ def test_cli_errors_say_what_to_do(tmp_path: Path) -> None:
     r = CliRunner(env={"TUNGSTEN_STATE_DIR": str(tmp_path)}).invoke(
         main, ["--lab", "nolab", "--node", "n1"])
     assert r.exit_code != 0 and "tungsten lab up" in r.output
+
+
+def test_policy_names_map_rule_uuids_to_their_policy() -> None:
+    from tungsten.agent.flowrecorder import rule_label
+    from tungsten.datapath.linux.flowlog import policy_names
+
+    listing = {"network-policys": [
+        {"network-policy": {"fq_name": ["default-domain", "acme", "web"],
+                            "network_policy_entries": {"policy_rule": [
+                                {"rule_uuid": "r1"}, {"rule_uuid": "r2"}, {}]}}},
+        {"network-policy": {"fq_name": ["default-domain", "acme", "empty"]}},
+        "junk"]}
+    names = policy_names(listing)
+    assert names == {"r1": "default-domain:acme:web", "r2": "default-domain:acme:web"}
+    assert policy_names({}) == {}
+    rec = {"rule": "r1", "rule_info": {"kind": "acl", "network": "d:acme:red",
+                                       "policy": names["r1"]}}
+    assert rule_label(rec) == "r1 (default-domain:acme:web, acl of d:acme:red)"
+    assert rule_label({"rule": "r3", "rule_info": {"kind": "acl", "network": "n"}}) == \
+        "r3 (acl of n)"

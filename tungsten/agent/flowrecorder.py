@@ -411,6 +411,8 @@ def rule_label(rec: Mapping[str, Any]) -> str:
     info = rec.get("rule_info") or {}
     rule = str(rec.get("rule") or hex(int(rec.get("mark") or 0)))
     if info.get("kind") == "acl":
+        if info.get("policy"):  # named by `tungsten flows` from the config API
+            return f"{rule} ({info['policy']}, acl of {info.get('network')})"
         return f"{rule} (acl of {info.get('network')})"
     if info.get("kind") == "firewall":
         where = "/".join(str(x) for x in (info.get("policy_set"), info.get("policy"))

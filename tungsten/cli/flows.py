@@ -29,9 +29,10 @@ class _Where:
     """The node asked about: its namespace, its agent's socket, where its log file is."""
 
     def __init__(self, netns: str | None, sock: Path | None, log_file: Path | None,
-                 explicit_socket: bool) -> None:
+                 explicit_socket: bool, api: str | None = None) -> None:
         self.netns, self.sock, self.log_file = netns, sock, log_file
         self.explicit_socket = explicit_socket
+        self.api = api  # the config API, to name the policies of logged ACL rules
 
 
 def _where(netns: str | None, lab: str | None, node: str | None,
@@ -59,7 +60,8 @@ def _where(netns: str | None, lab: str | None, node: str | None,
             netns = str(entry.get("netns") or netns_name(lab, node))
             sock = Path(entry["agent_socket"]) if entry.get("agent_socket") else None
             return _Where(netns, socket_path or sock,
-                          Path(state.labdir) / node / FILE_NAME, socket_path is not None)
+                          Path(state.labdir) / node / FILE_NAME, socket_path is not None,
+                          state.controller or None)
         return _Where(netns, socket_path, None, socket_path is not None)
     if netns is not None and not os.path.exists(f"/run/netns/{netns}"):
         fail(f"no network namespace {netns!r}")
@@ -116,10 +118,13 @@ def _ask_agent(sock: Path, query: dict[str, Any]) -> tuple[dict[str, Any] | None
                                             "2h, 1d).")
 @click.option("--last", type=click.IntRange(0), default=50, show_default=True,
               help="Only the newest N records (0: all kept).")
+@click.option("--api", metavar="URL",
+              help="The config API, to name the network policy of each logged ACL rule "
+                   "[default: a lab's controller].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def flows(netns: str | None, lab: str | None, node: str | None, socket_path: Path | None,
           table: str, action: str | None, rule: str | None, event: str | None,
-          since: str | None, last: int, as_json: bool) -> None:
+          since: str | None, last: int, api: str | None, as_json: bool) -> None:
     """The flow log of rules with the log action: each decision (denied attempts too) and
     each admitted flow's start and end, with the rule that decided, as the node's agent
     recorded them; then the flows admitted by a logged rule now (conntrack entries carrying
@@ -155,6 +160,9 @@ def flows(netns: str | None, lab: str | None, node: str | None, socket_path: Pat
     else:
         notes.append("no flow log shown: it is kept by the node's agent (give --lab and "
                      "--node, or the agent's --socket)")
+    api = api or where.api
+    if records and api:
+        _name_policies(records, api, notes)
     data: dict[str, Any] = {"netns": where.netns, "recorder": recorder, "records": records}
     if os.geteuid() == 0:
         from tungsten.datapath.linux.flowlog import read
@@ -189,6 +197,30 @@ def flows(netns: str | None, lab: str | None, node: str | None, socket_path: Pat
     for f in data["flows"]:
         click.echo(f"  proto {f['proto']:<3} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']}"
                    f"  zone {f['zone']}  by {f['rule'] or hex(f['mark'])}")
+
+
+def _name_policies(records: list[dict[str, Any]], api: str, notes: list[str]) -> None:
+    """Add the network policy of each logged ACL rule (``rule_info.policy``), from the
+    config API; without an answer the records stay as the agent wrote them, with a note."""
+    import urllib.error
+    import urllib.request
+
+    from tungsten.datapath.linux.flowlog import policy_names
+
+    if not any((r.get("rule_info") or {}).get("kind") == "acl" for r in records):
+        return
+    try:
+        with urllib.request.urlopen(f"{api.rstrip('/')}/network-policys?detail=true",
+                                    timeout=10) as resp:
+            names = policy_names(json.loads(resp.read() or b"{}"))
+    except (OSError, ValueError, urllib.error.URLError) as e:
+        notes.append(f"policy names not shown: the config API {api} did not answer ({e}); "
+                     "give --api URL")
+        return
+    for r in records:
+        info = r.get("rule_info")
+        if isinstance(info, dict) and info.get("kind") == "acl" and r.get("rule") in names:
+            info["policy"] = names[str(r["rule"])]
 
 
 def _show_records(records: list[dict[str, Any]], recorder: dict[str, Any] | None) -> None:

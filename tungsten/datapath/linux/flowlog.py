@@ -136,6 +136,23 @@ def catalog(state: DatapathState | None) -> dict[str, Json]:
     return out
 
 
+def policy_names(listing: Mapping[str, Any]) -> dict[str, str]:
+    """Rule uuid -> the network policy holding it (its fq_name joined by ``:``), from the
+    config API's ``GET /network-policys?detail=true``.  The ACL an agent receives carries
+    only rule uuids (the transformer keeps the policy rule's own), so a reader of the flow
+    log asks the API which policy a logged ACL rule came from."""
+    out: dict[str, str] = {}
+    for entry in listing.get("network-policys") or ():
+        pol = entry.get("network-policy") if isinstance(entry, Mapping) else None
+        if not isinstance(pol, Mapping):
+            continue
+        name = ":".join(str(x) for x in pol.get("fq_name") or ())
+        for rule in (pol.get("network_policy_entries") or {}).get("policy_rule") or ():
+            if isinstance(rule, Mapping) and rule.get("rule_uuid"):
+                out.setdefault(str(rule["rule_uuid"]), name)
+    return out
+
+
 def _run(netns: str | None, *cmd: str) -> subprocess.CompletedProcess[str]:
     full = list(cmd) if netns is None else ["ip", "netns", "exec", netns, *cmd]
     return subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
