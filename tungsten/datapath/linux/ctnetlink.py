@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Self
 
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
@@ -65,7 +66,7 @@ class Flow:
                                       self.sport, self.dport)
 
 
-def _attrs(buf: bytes | memoryview, off: int, end: int) -> dict[int, tuple[int, int]]:
+def attrs(buf: bytes | memoryview, off: int, end: int) -> dict[int, tuple[int, int]]:
     """Attribute type -> (start, end) of its payload, for the attributes in [off, end)."""
     out: dict[int, tuple[int, int]] = {}
     while off + 4 <= end:
@@ -80,15 +81,15 @@ def _attrs(buf: bytes | memoryview, off: int, end: int) -> dict[int, tuple[int, 
 def decode_entry(buf: bytes | memoryview, off: int, end: int, family: int) -> Flow | None:
     """The entry in one ``IPCTNL_MSG_CT_NEW`` message's attributes; None if it lacks a
     tuple this understands (a family other than IPv4/IPv6)."""
-    a = _attrs(buf, off, end)
+    a = attrs(buf, off, end)
     if CTA_TUPLE_ORIG not in a or family not in (socket.AF_INET, socket.AF_INET6):
         return None
     t0, t1 = a[CTA_TUPLE_ORIG]
-    tup = _attrs(buf, t0, t1)
+    tup = attrs(buf, t0, t1)
     if CTA_TUPLE_IP not in tup or CTA_TUPLE_PROTO not in tup:
         return None
-    ip = _attrs(buf, *tup[CTA_TUPLE_IP])
-    proto = _attrs(buf, *tup[CTA_TUPLE_PROTO])
+    ip = attrs(buf, *tup[CTA_TUPLE_IP])
+    proto = attrs(buf, *tup[CTA_TUPLE_PROTO])
     src_key, dst_key = ((CTA_IP_V4_SRC, CTA_IP_V4_DST) if family == socket.AF_INET
                         else (CTA_IP_V6_SRC, CTA_IP_V6_DST))
     if src_key not in ip or dst_key not in ip or CTA_PROTO_NUM not in proto:
@@ -128,10 +129,11 @@ def tuple_attr(family: int, proto: int, src: str, dst: str, sport: int = 0,
                 + _nla(CTA_TUPLE_PROTO | NLA_F_NESTED, l4))
 
 
-class CtNetlink:
-    """A ctnetlink socket bound to network namespace ``netns`` (None: this one); one
-    request at a time.  Raises ``OSError`` when ctnetlink is not available; ``failed``
-    once the socket itself failed (a timeout, a lost reply): make another.
+class NfnlSocket:
+    """A ``NETLINK_NETFILTER`` socket bound to network namespace ``netns`` (None: this one);
+    one request at a time (``_send``, then ``_replies``).  Raises ``OSError`` when the
+    kernel has no such netlink family; ``failed`` once the socket itself failed (a timeout,
+    a lost reply): make another.
 
     Keep it open across changes: closing a netfilter netlink socket right after an
     nftables commit waits ~10 ms in the kernel (measured here)."""
@@ -149,7 +151,7 @@ class CtNetlink:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> CtNetlink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -196,11 +198,16 @@ class CtNetlink:
                         return out
                 off += (length + 3) & ~3
 
+
+
+class CtNetlink(NfnlSocket):
+    """Conntrack (ctnetlink) of one namespace: count, list, delete."""
+
     def count(self) -> int:
         """The number of entries in the namespace (no walk of the table)."""
         seq = self._send(CT_GET_STATS, NLM_F_DUMP, socket.AF_UNSPEC)
         for data, _, start, end in self._replies(seq, single=True):
-            a = _attrs(data, start + _NFGEN.size, end)
+            a = attrs(data, start + _NFGEN.size, end)
             if CTA_STATS_GLOBAL_ENTRIES in a:
                 return int(_BE32.unpack_from(data, a[CTA_STATS_GLOBAL_ENTRIES][0])[0])
         raise OSError(errno.EPROTO, "conntrack statistics without an entry count")

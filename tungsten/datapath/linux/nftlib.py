@@ -20,6 +20,8 @@ import os
 import socket
 import struct
 
+from tungsten.datapath.linux.ctnetlink import NfnlSocket, attrs
+
 try:
     from nftables import Nftables
 except ImportError as e:  # pragma: no cover - depends on the machine
@@ -28,11 +30,8 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 
 __all__ = ["Generation", "Nftables", "netns_id"]
 
-NETLINK_NETFILTER = 12
 NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
-NLMSG_ERROR = 2
 NFTA_GEN_ID = 1
-_HDR = struct.Struct("=IHHII")
 
 
 def netns_id(netns: str | None) -> tuple[int, int] | None:
@@ -47,43 +46,16 @@ def netns_id(netns: str | None) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-class Generation:
+class Generation(NfnlSocket):
     """The nftables ruleset generation of one namespace, on a netlink socket made there."""
 
     def __init__(self, netns: str | None) -> None:
-        from tungsten.datapath.linux.netlink import in_netns
-
-        with in_netns(netns):
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      NETLINK_NETFILTER)
-        self.sock.settimeout(5.0)
-        self._seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(netns, timeout=5.0)
 
     def __call__(self) -> int:
-        self._seq += 1
-        # nlmsghdr, then nfgenmsg (AF_UNSPEC, version 0, res_id 0)
-        self.sock.send(_HDR.pack(_HDR.size + 4, NFT_MSG_GETGEN, 1, self._seq, 0) + bytes(4))
-        while True:
-            data = self.sock.recv(4096)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, kind, _, seq, _ = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
-                if seq == self._seq:
-                    if kind == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
-                        raise OSError(err or errno.EPROTO, os.strerror(err or errno.EPROTO))
-                    a, end = off + _HDR.size + 4, off + length
-                    while a + 4 <= end:
-                        alen, akind = struct.unpack_from("=HH", data, a)
-                        if alen < 4:
-                            break
-                        if akind & 0x3FFF == NFTA_GEN_ID and alen >= 8:
-                            return int(struct.unpack_from(">I", data, a + 4)[0])
-                        a += (alen + 3) & ~3
-                    raise OSError(errno.EPROTO, "ruleset generation without an id")
-                off += (length + 3) & ~3
+        seq = self._send(NFT_MSG_GETGEN, 0, socket.AF_UNSPEC)
+        for data, _, start, end in self._replies(seq, single=True):
+            a = attrs(data, start + 4, end)  # after the nfgenmsg header
+            if NFTA_GEN_ID in a:
+                return int(struct.unpack_from(">I", data, a[NFTA_GEN_ID][0])[0])
+        raise OSError(errno.EPROTO, "ruleset generation without an id")
