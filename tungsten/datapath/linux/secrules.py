@@ -717,9 +717,10 @@ def _endpoint_spans(rule: Mapping[str, Any], port: LocalPort, vrf: Vrf,
     return out
 
 
-def _service_triples(svc: Mapping[str, Any]) -> list[tuple[Span, Span, Span]]:
-    """(l4proto, sport, dport) spans a service matches (the semantics of
-    ``_service_exprs``)."""
+def _service(svc: Mapping[str, Any]
+             ) -> tuple[int | None, list[tuple[int, int]], list[tuple[int, int]]]:
+    """A firewall service's protocol (None: any) and source and destination port ranges;
+    NoMatch for one that can never match (no or a bad protocol, bad ports)."""
     if "protocol_id" in svc and svc.get("protocol_id") is None:
         raise NoMatch
     pid = svc.get("protocol_id")
@@ -731,6 +732,13 @@ def _service_triples(svc: Mapping[str, Any]) -> list[tuple[Span, Span, Span]]:
         raise NoMatch from e
     if proto is not None and not 0 <= proto <= 255:
         raise NoMatch
+    return proto, sports, dports
+
+
+def _service_triples(svc: Mapping[str, Any]) -> list[tuple[Span, Span, Span]]:
+    """(l4proto, sport, dport) spans a service matches (the semantics of
+    ``_service_exprs``)."""
+    proto, sports, dports = _service(svc)
     return [(_span(p), _span(s), _span(d)) for p, s, d in _proto_ports(proto, sports, dports)]
 
 
@@ -764,17 +772,7 @@ def _endpoint_exprs(rule: Mapping[str, Any], port: LocalPort, vrf: Vrf,
 
 
 def _service_exprs(svc: Mapping[str, Any], sending: bool) -> list[Json]:
-    if "protocol_id" in svc and svc.get("protocol_id") is None:
-        raise NoMatch
-    pid = svc.get("protocol_id")
-    try:
-        proto = int(pid) if pid else proto_number(svc.get("protocol"))
-        sports = port_ranges([svc.get("src_ports")])
-        dports = port_ranges([svc.get("dst_ports")])
-    except ValueError as e:
-        raise NoMatch from e
-    if proto is not None and not 0 <= proto <= 255:
-        raise NoMatch
+    proto, sports, dports = _service(svc)
     exprs: list[Json] = []
     if proto is not None and proto not in PORT_PROTOCOLS:
         return [_match({"meta": {"key": "l4proto"}}, proto)]
