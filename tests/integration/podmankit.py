@@ -29,6 +29,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,15 @@ class Podman:
     def rm(self, name: str) -> subprocess.CompletedProcess[str]:
         return self.run("rm", "-f", "-t", "0", name)
 
+    def _processes(self) -> list[psutil.Process]:
+        """Processes whose command line names this podman's directory."""
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(str(self.base) + "/" in a for a in p.info.get("cmdline") or []):
+                    out.append(p)
+        return out
+
     def close(self) -> list[str]:
         """Remove every container of this podman and what could be left of them; return what
         had to be removed by force (should be nothing)."""
@@ -219,11 +229,15 @@ class Podman:
         self.closed = True
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.run("rm", "-a", "-f", "-t", "0")
-        for p in psutil.process_iter(["cmdline"]):  # conmon and friends name our runroot
+        # conmon and friends name our runroot; `podman rm` returns before conmon has exited
+        # (it cleans up after the container asynchronously): give them a bounded while
+        deadline = time.monotonic() + 10
+        while (left := self._processes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for p in left:
             with contextlib.suppress(psutil.Error):
-                if any(str(self.base) + "/" in a for a in p.info.get("cmdline") or []):
-                    p.kill()
-                    forced.append(f"process {p.pid}")
+                p.kill()
+                forced.append(f"process {p.pid}")
         for sandbox in self.sandboxes:
             if sandbox.startswith("/run/netns/") and os.path.exists(sandbox):
                 subprocess.run(["ip", "netns", "del", os.path.basename(sandbox)], check=False)
