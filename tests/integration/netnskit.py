@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterable
 
 UL = {"n1": "192.0.2.1", "n2": "192.0.2.2"}  # underlay addresses (documentation range)
 
@@ -25,3 +27,15 @@ def add_two_nodes(tag: str, nodes: dict[str, str], namespaces: list[str]) -> Non
     for n, ns in nodes.items():
         sh("ip", "-n", ns, "addr", "add", f"{UL[n]}/24", "dev", "ul0")
         sh("ip", "-n", ns, "link", "set", "ul0", "up")
+
+
+def teardown(procs: Iterable[subprocess.Popen[str]], namespaces: list[str]) -> None:
+    """Kill and reap ``procs`` (their pipes closed), then delete ``namespaces``, the last
+    made first."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.communicate(timeout=30)
+    for ns in reversed(namespaces):
+        sh("ip", "netns", "del", ns, check=False)

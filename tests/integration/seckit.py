@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.integration.netnskit import UL, add_two_nodes, sh
+from tests.integration.netnskit import UL, add_two_nodes, sh, teardown
 from tungsten.agent.state import ifname_for
 from tungsten.datapath.base import DatapathState, EndpointInfo, LocalPort, NextHop, Vrf
 from tungsten.security.verdict import Side, evaluate
@@ -140,15 +140,8 @@ class SecLab:
     def close(self) -> None:
         for dp in self.dps.values():
             dp.close()
-        for w in self.workloads.values():
-            if w.proc is not None:
-                w.proc.kill()
-                w.proc.wait(timeout=10)
-                for f in (w.proc.stdin, w.proc.stdout):
-                    if f is not None:
-                        f.close()
-        for ns in reversed(self.namespaces):
-            sh("ip", "netns", "del", ns, check=False)
+        teardown([w.proc for w in self.workloads.values() if w.proc is not None],
+                 self.namespaces)
 
     # -- state ------------------------------------------------------------------------------
     def state(self, node: str, cfg: Config) -> DatapathState:

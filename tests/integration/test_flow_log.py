@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.netnskit import sh
+from tests.integration.netnskit import sh, teardown
 from tungsten.agent.flowrecorder import FlowRecorder, Record
 from tungsten.agent.localclient import UnixHTTPConnection
 from tungsten.datapath.linux.flowlog import log_statements, rule_mark
@@ -65,13 +65,7 @@ class Net:
                                code], capture_output=True, text=True, timeout=60, check=False)
 
     def close(self) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait(timeout=10)
-            if p.stdout is not None:
-                p.stdout.close()
-        for ns in reversed(self.namespaces):
-            sh("ip", "netns", "del", ns, check=False)
+        teardown(self.procs, self.namespaces)
 
 
 def _table(name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.netnskit import UL, add_two_nodes, sh
+from tests.integration.netnskit import UL, add_two_nodes, sh, teardown
 from tungsten.agent.state import ifname_for
 from tungsten.datapath.base import DatapathState, LocalPort, NextHop, Vrf
 
@@ -157,13 +157,7 @@ def lab() -> Iterator[Lab]:
             lab.ports[name] = p
         yield lab
     finally:
-        for proc in lab.servers:
-            proc.kill()
-            proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        for ns in reversed(lab.namespaces):
-            sh("ip", "netns", "del", ns, check=False)
+        teardown(lab.servers, lab.namespaces)
 
 
 def datapath(lab: Lab, node: str) -> linux.LinuxDatapath:

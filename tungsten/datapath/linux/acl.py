@@ -921,12 +921,17 @@ class Nft:
             raise NftError(f"nft list table {FAMILY} {self.table}: {err.strip()}")
         return parse_listing((out or {}).get("nftables", []), self.table)
 
+    def listing(self) -> list[Json]:
+        """Our table as libnftables lists it (JSON objects, set elements and counters
+        included); [] when there is no table."""
+        rc, out, _ = self._run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
+        return list((out or {}).get("nftables", [])) if rc == 0 else []
+
     def installed_sets(self) -> dict[str, dict[str, Any]]:
         """The elements our table's sets hold now, in the planner's form (a restarted agent
         adopts them instead of reloading every set); a set not understood is left out, so
         it is reloaded."""
-        rc, out, _ = self._run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
-        return parse_set_elements((out or {}).get("nftables", []), self.table) if rc == 0 else {}
+        return parse_set_elements(self.listing(), self.table)
 
     def apply(self, cmds: list[Json]) -> None:
         if not cmds:

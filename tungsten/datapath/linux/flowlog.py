@@ -15,13 +15,12 @@ tungsten").  ``tungsten flows`` lists the node's logged flows: the decisions and
 agent's recorder took from nflog group 7 and conntrack events (``tungsten.agent.flowrecorder``),
 the conntrack entries with such a mark now, and every logged rule with its counter, the rule
 uuid read back from the table's own log prefixes.  ``rules``/``flows``/``parse_prefix``/
-``catalog`` are pure; ``read`` lists the table (``nft``) and the conntrack entries.
+``catalog`` are pure; ``read`` lists the table (libnftables, ``acl.Nft``) and the conntrack
+entries (``ctnetlink``).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -153,15 +152,15 @@ def policy_names(listing: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _run(netns: str | None, *cmd: str) -> subprocess.CompletedProcess[str]:
-    full = list(cmd) if netns is None else ["ip", "netns", "exec", netns, *cmd]
-    return subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
-
-
 def read(netns: str | None, table: str = "tungsten") -> dict[str, Any]:
     """The logged rules and flows of a node (its network namespace; None: this one)."""
-    r = _run(netns, "nft", "-j", "list", "table", "inet", table)
-    listing = json.loads(r.stdout).get("nftables", []) if r.returncode == 0 else []
+    from tungsten.datapath.linux.acl import Nft  # acl imports this module
+
+    nft = Nft(netns, table)
+    try:
+        listing = nft.listing()
+    finally:
+        nft.close()
     logged = rules(listing)
     return {"rules": [asdict(x) for x in logged],
             "flows": [asdict(x) for x in flows(Conntrack(netns).flows(), logged)]}
